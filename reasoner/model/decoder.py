@@ -1,0 +1,205 @@
+"""A pure-functional decoder of the Llama / Qwen2 family.
+
+Parameters are a plain nested dict of arrays. Per-layer weights are stacked along a leading
+`layers` axis and the blocks run under `jax.lax.scan`, so compile time does not grow with depth.
+
+Layout (L = n_layers, D = d_model, H = n_heads, K = n_kv_heads, Dh = head_dim, F = d_ff):
+  embed       [V, D]
+  layers/attn_norm [L, D]        layers/mlp_norm [L, D]
+  layers/wq   [L, D, H, Dh]      layers/bq [L, H, Dh]   (qkv_bias only)
+  layers/wk   [L, D, K, Dh]      layers/bk [L, K, Dh]
+  layers/wv   [L, D, K, Dh]      layers/bv [L, K, Dh]
+  layers/wo   [L, H, Dh, D]
+  layers/w_gate, layers/w_up [L, D, F]   layers/w_down [L, F, D]
+  final_norm  [D]
+  lm_head     [D, V]             (absent with tie_embeddings)
+
+The KV cache is a dict of `k`, `v` [L, B, S, K, Dh], `segment` [B, S] (0 = empty slot) and
+`index` (a scalar: the next slot to write). All rows write the same slots; a row's rotary
+positions and its segment ids say where its tokens really are, so left-padded prompts work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from reasoner.model import layers as L
+from reasoner.model.config import ModelConfig
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+  """Shapes of every parameter, as a pytree of tuples."""
+  nl, d, h, k, hd, f = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                        cfg.d_ff)
+  lay = {
+      "attn_norm": (nl, d), "mlp_norm": (nl, d),
+      "wq": (nl, d, h, hd), "wk": (nl, d, k, hd), "wv": (nl, d, k, hd), "wo": (nl, h, hd, d),
+      "w_gate": (nl, d, f), "w_up": (nl, d, f), "w_down": (nl, f, d),
+  }
+  if cfg.qkv_bias:
+    lay.update(bq=(nl, h, hd), bk=(nl, k, hd), bv=(nl, k, hd))
+  shapes = {"embed": (cfg.vocab_size, d), "layers": lay, "final_norm": (d,)}
+  if not cfg.tie_embeddings:
+    shapes["lm_head"] = (d, cfg.vocab_size)
+  return shapes
+
+
+# Logical axis names per parameter dimension; `reasoner.sharding` maps them onto mesh axes.
+_LOGICAL = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("norm",),
+    "attn_norm": ("layers", "norm"), "mlp_norm": ("layers", "norm"),
+    "wq": ("layers", "embed", "heads", "head_dim"),
+    "wk": ("layers", "embed", "kv_heads", "head_dim"),
+    "wv": ("layers", "embed", "kv_heads", "head_dim"),
+    "wo": ("layers", "heads", "head_dim", "embed"),
+    "bq": ("layers", "heads", "head_dim"),
+    "bk": ("layers", "kv_heads", "head_dim"), "bv": ("layers", "kv_heads", "head_dim"),
+    "w_gate": ("layers", "embed", "mlp"), "w_up": ("layers", "embed", "mlp"),
+    "w_down": ("layers", "mlp", "embed"),
+}
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict:
+  """Logical axis names of every parameter (same tree structure as the params)."""
+  shapes = param_shapes(cfg)
+  out = {k: _LOGICAL[k] for k in shapes if k != "layers"}
+  out["layers"] = {k: _LOGICAL[k] for k in shapes["layers"]}
+  return out
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
+  """Random init: normal(init_std) matrices, output projections scaled by 1/sqrt(2L), unit norms."""
+  shapes = param_shapes(cfg)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  keys = jax.random.split(rng, len(flat))
+  pdt = _dtype(cfg.param_dtype)
+  leaves = []
+  for key, (path, shape) in zip(keys, flat):
+    name = path[-1].key
+    if name.endswith("norm"):
+      leaves.append(jnp.ones(shape, pdt))
+    elif name in ("bq", "bk", "bv"):
+      leaves.append(jnp.zeros(shape, pdt))
+    else:
+      std = cfg.init_std
+      if name in ("wo", "w_down"):
+        std = std / (2 * cfg.n_layers) ** 0.5
+      leaves.append((std * jax.random.normal(key, shape, jnp.float32)).astype(pdt))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Optional[str] = None) -> Cache:
+  """An empty KV cache for `batch` rows of up to `max_len` slots."""
+  dt = _dtype(dtype or cfg.dtype)
+  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  return {
+      "k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+      "segment": jnp.zeros((batch, max_len), jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+def _layer(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn):
+  """One pre-norm block. kv_fn(k, v) -> (keys, values, mask [b, t, s], extra carried out)."""
+  dt = h.dtype
+  x = L.rms_norm(h, lp["attn_norm"], cfg.norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dt))
+  k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dt))
+  v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = q + lp["bq"].astype(dt), k + lp["bk"].astype(dt), v + lp["bv"].astype(dt)
+  q = L.apply_rope(q, positions, inv_freq)
+  k = L.apply_rope(k, positions, inv_freq)
+  keys, values, mask, extra = kv_fn(k, v)
+  attn = L.gqa_attention(q, keys, values, mask)
+  h = h + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(dt))
+  x = L.rms_norm(h, lp["mlp_norm"], cfg.norm_eps)
+  h = h + L.swiglu(x, lp["w_gate"].astype(dt), lp["w_up"].astype(dt), lp["w_down"].astype(dt))
+  return h, extra
+
+
+def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
+            segment_ids: Optional[jax.Array] = None, cache: Optional[Cache] = None,
+            return_hidden: bool = False):
+  """Runs the decoder.
+
+  Args:
+    params: the parameter pytree.
+    tokens: [b, t] int token ids.
+    positions: [b, t] int rotary positions (per row; restart at 0 for each packed segment).
+    cfg: the model config.
+    segment_ids: [b, t] int; tokens attend only within their segment, causally; 0 = padding.
+      Defaults to all ones (one causal sequence per row).
+    cache: optional KV cache from `init_cache`; the t new tokens are written at slots
+      [index, index + t) and attend to every earlier filled slot of their segment.
+    return_hidden: also return the final hidden states [b, t, d].
+
+  Returns:
+    (logits [b, t, V] float32, new cache or None[, hidden]).
+  """
+  b, t = tokens.shape
+  dt = _dtype(cfg.dtype)
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  segment_ids = segment_ids.astype(jnp.int32)
+  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  h = params["embed"].astype(dt)[tokens]
+
+  if cache is None:
+    slots = jnp.arange(t)
+    mask = L.attention_mask(slots, segment_ids, slots, segment_ids)
+
+    def body(h, lp):
+      fn = lambda h, lp: _layer(cfg, inv_freq, h, lp, positions,
+                                lambda k, v: (k, v, mask, None))
+      if cfg.remat:
+        fn = jax.checkpoint(fn)
+      h, _ = fn(h, lp)
+      return h, None
+
+    h, _ = jax.lax.scan(body, h, params["layers"])
+    new_cache = None
+  else:
+    index = cache["index"]
+    s = cache["k"].shape[2]
+    k_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, index))
+    mask = L.attention_mask(index + jnp.arange(t), segment_ids, jnp.arange(s), k_segments)
+
+    def body(carry, xs):
+      h, ck, cv = carry
+      lp, li = xs
+
+      def kv_fn(k, v):
+        zero = jnp.zeros((), jnp.int32)
+        nk = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (li, zero, index, zero, zero))
+        nv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (li, zero, index, zero, zero))
+        return nk[li].astype(dt), nv[li].astype(dt), mask, (nk, nv)
+
+      h, (ck, cv) = _layer(cfg, inv_freq, h, lp, positions, kv_fn)
+      return (h, ck, cv), None
+
+    (h, ck, cv), _ = jax.lax.scan(body, (h, cache["k"], cache["v"]),
+                                  (params["layers"], jnp.arange(cfg.n_layers)))
+    new_cache = {"k": ck, "v": cv, "segment": k_segments, "index": index + t}
+
+  h = L.rms_norm(h, params["final_norm"], cfg.norm_eps)
+  if cfg.tie_embeddings:
+    logits = jnp.einsum("btd,vd->btv", h, params["embed"].astype(dt))
+  else:
+    logits = jnp.einsum("btd,dv->btv", h, params["lm_head"].astype(dt))
+  logits = logits.astype(jnp.float32)
+  if return_hidden:
+    return logits, new_cache, h
+  return logits, new_cache

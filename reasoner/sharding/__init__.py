@@ -1,0 +1,6 @@
+"""Device mesh, logical-axis rules and placement of params, batches and caches."""
+
+from reasoner.sharding.mesh import MESH_AXES, make_mesh, mesh_from_config, mesh_shape
+from reasoner.sharding.rules import (DEFAULT_RULES, batch_sharding, batch_spec, cache_shardings,
+                                     logical_to_spec, param_shardings, replicated, shard_batch,
+                                     shard_params, sharded_init, tree_shardings)

@@ -1,0 +1,67 @@
+"""Mesh construction, logical-axis rules, and the sharded forward on 8 forced CPU devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from reasoner import sharding
+from reasoner.model import ModelConfig, forward, init_params
+
+CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                  d_ff=96, max_seq_len=64, qkv_bias=True)
+
+
+def test_eight_devices_available():
+  assert len(jax.devices()) == 8
+
+
+def test_mesh_shape_resolution_and_errors():
+  assert sharding.mesh_shape(8, data=2, fsdp=-1, tensor=2) == (2, 2, 2)
+  assert sharding.mesh_shape(8, data=-1, fsdp=1) == (8, 1, 1)
+  with pytest.raises(ValueError, match="does not match the 8 available devices"):
+    sharding.mesh_shape(8, data=3, fsdp=1, tensor=1)
+  with pytest.raises(ValueError, match="at most one mesh axis may be -1"):
+    sharding.mesh_shape(8, data=-1, fsdp=-1)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_rules_drop_axes_that_do_not_divide():
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)
+  # 2 kv heads cannot be split 4 ways: replicated; 8 heads can.
+  assert sharding.logical_to_spec(("embed", "kv_heads"), mesh, shape=(64, 2)) == P("fsdp", None)
+  assert sharding.logical_to_spec(("embed", "heads"), mesh, shape=(64, 8)) == P("fsdp", "tensor")
+  with pytest.raises(ValueError, match="no sharding rule for logical axis 'bogus'"):
+    sharding.logical_to_spec(("bogus",), mesh)
+
+
+def test_param_shardings_follow_rules():
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sh = sharding.param_shardings(CFG, mesh)
+  assert sh["layers"]["wq"].spec == P(None, "fsdp", "tensor", None)
+  assert sh["layers"]["w_down"].spec == P(None, "tensor", "fsdp")
+  assert sh["embed"].spec == P("tensor", "fsdp")
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4)])
+def test_sharded_forward_equals_unsharded(shape):
+  mesh = sharding.make_mesh(*shape)
+  rng = jax.random.PRNGKey(0)
+  params = sharding.sharded_init(CFG, rng, mesh)
+  ref_params = jax.device_put(init_params(CFG, rng), jax.devices()[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7), params, ref_params)
+
+  tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (8, 12), 0, CFG.vocab_size))
+  positions = np.broadcast_to(np.arange(12), (8, 12)).copy()
+  ref, _ = jax.jit(lambda p, t, q: forward(p, t, q, CFG))(ref_params, tokens, positions)
+
+  batch = sharding.shard_batch({"tokens": tokens, "positions": positions}, mesh)
+  fn = jax.jit(lambda p, b: forward(p, b["tokens"], b["positions"], CFG)[0],
+               in_shardings=(sharding.param_shardings(CFG, mesh),
+                             {"tokens": sharding.batch_sharding(2, mesh), "positions": sharding.batch_sharding(2, mesh)}),
+               out_shardings=sharding.batch_sharding(3, mesh))
+  out = fn(params, batch)
+  assert out.sharding.spec == sharding.batch_spec(3, mesh)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
