@@ -1,0 +1,38 @@
+"""Supervised fine-tuning: token cross-entropy on response tokens only.
+
+Packed rows work unchanged: the decoder attends within segments and `loss_mask` marks the
+response tokens of every segment (see `reasoner.train.packing`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from reasoner.losses.common import masked_mean, shift_right
+from reasoner.losses.logprobs import model_logits, token_logprobs
+from reasoner.model import ModelConfig
+
+
+def sft_objective(logp: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean negative log-likelihood over masked tokens. logp, mask: [b, t]."""
+  return -masked_mean(logp, mask)
+
+
+def sft_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: ModelConfig):
+  """batch: tokens / positions / segment_ids / loss_mask [b, t].
+
+  Returns (loss, metrics) with metrics loss, accuracy (greedy next-token accuracy on the
+  masked tokens) and n_tokens.
+  """
+  del rng
+  logits = model_logits(params, model_cfg, batch)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  logp = token_logprobs(logits, batch["tokens"], batch.get("segment_ids"))
+  loss = sft_objective(logp, mask)
+  predicted = shift_right(jnp.argmax(logits, axis=-1).astype(batch["tokens"].dtype))
+  correct = (predicted == batch["tokens"]).astype(jnp.float32)
+  metrics = {"loss": loss, "accuracy": masked_mean(correct, mask), "n_tokens": jnp.sum(mask)}
+  return loss, jax.lax.stop_gradient(metrics)

@@ -1,0 +1,192 @@
+"""Optimiser, train state and the jitted (sharded) train / eval steps on a tiny model."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from reasoner import sharding
+from reasoner.losses import GRPOConfig, grpo_loss, sequence_logprobs, sft_loss
+from reasoner.losses import PPOConfig, gae, init_value_head, ppo_forward, ppo_loss
+from reasoner.model import ModelConfig, init_params
+from reasoner.train import (OptimConfig, as_optim_config, decay_mask, init_train_state,
+                            make_eval_fn, make_optimizer, make_schedule, make_train_step,
+                            mixed_precision, pad_sequences, run_epochs)
+
+CFG = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                  d_ff=96, max_seq_len=32)
+SFT = functools.partial(sft_loss, model_cfg=CFG)
+RNG = jax.random.PRNGKey(0)
+
+
+def make_batch(n, seed=0, seq_len=16, full=False):
+  rng = np.random.default_rng(seed)
+  if full:  # every row has the same number of loss tokens
+    ex = [(rng.integers(1, 64, 4), rng.integers(1, 64, seq_len - 4)) for _ in range(n)]
+  else:
+    ex = [(rng.integers(1, 64, rng.integers(2, 6)), rng.integers(1, 64, rng.integers(3, 10)))
+          for _ in range(n)]
+  return pad_sequences(ex, seq_len, pad_id=0)
+
+
+def params(seed=0):
+  return jax.device_put(init_params(CFG, jax.random.PRNGKey(seed)), jax.devices()[0])
+
+
+def max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.abs(np.asarray(x, np.float64) - np.asarray(y)).max()), a, b)))
+
+
+# ---------------------------------------------------------------- optimiser config
+
+def test_schedule_warmup_and_decay():
+  sched = make_schedule(OptimConfig(learning_rate=1.0, warmup_steps=4, total_steps=14,
+                                    schedule="cosine", min_lr_ratio=0.1))
+  np.testing.assert_allclose([sched(i) for i in range(4)], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(sched(9), 0.1 + 0.9 * 0.5, rtol=1e-5)  # half-way through decay
+  np.testing.assert_allclose(sched(14), 0.1, rtol=1e-5)
+  lin = make_schedule(dict(learning_rate=2.0, total_steps=10, schedule="linear"))
+  np.testing.assert_allclose([lin(0), lin(5), lin(10)], [2.0, 1.0, 0.0], atol=1e-6)
+  assert float(make_schedule(dict(schedule="constant", learning_rate=3.0))(100)) == 3.0
+
+
+def test_optim_config_sources_and_errors():
+  cd = ml_collections.ConfigDict(dict(learning_rate=3e-4, grad_accum_steps=2))
+  assert as_optim_config(cd) == OptimConfig(learning_rate=3e-4, grad_accum_steps=2)
+  with pytest.raises(ValueError, match=r"unknown OptimConfig field\(s\) \['lerning_rate'\]"):
+    make_optimizer(dict(lerning_rate=1e-3))
+  with pytest.raises(ValueError, match="unknown schedule 'cosin'"):
+    make_optimizer(dict(schedule="cosin"))
+  mask = decay_mask(init_params(CFG, RNG))
+  assert mask["embed"] and mask["layers"]["wq"]
+  assert not mask["final_norm"] and not mask["layers"]["attn_norm"]
+  assert decay_mask(init_value_head(8)) == {"w": True, "b": False}
+
+
+# ---------------------------------------------------------------- single-device steps
+
+def test_sft_steps_decrease_loss_and_report_metrics():
+  opt = make_optimizer(dict(learning_rate=3e-3, warmup_steps=2, schedule="constant"))
+  state = init_train_state(params(), opt)
+  step = make_train_step(SFT, opt)
+  batch = make_batch(4)
+  losses = []
+  for i in range(6):
+    state, m = step(state, batch, RNG)
+    losses.append(float(m["loss"]))
+    if i == 0:
+      assert float(m["learning_rate"]) == pytest.approx(1.5e-3)  # warmup 1 of 2
+      assert float(m["grad_norm"]) > 0 and set(m) >= {"accuracy", "n_tokens"}
+  assert float(m["learning_rate"]) == pytest.approx(3e-3)
+  assert int(state.step) == 6
+  assert losses[-1] < losses[0] - 0.1
+
+
+def test_grad_accumulation_equals_one_step_on_concatenated_batch():
+  # Equal token counts per micro-batch make the full-batch mean loss the mean of the micro
+  # losses; a large Adam eps keeps the update a smooth function of the gradient.
+  kw = dict(learning_rate=1e-2, schedule="constant", eps=1e-3, weight_decay=0.1)
+  batch = make_batch(4, full=True)
+  micro = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
+
+  opt_k = make_optimizer(dict(kw, grad_accum_steps=2))
+  state_k = init_train_state(params(), opt_k)
+  step_k = make_train_step(SFT, opt_k)
+  start = jax.tree.map(np.asarray, state_k.params)
+  state_k, _ = step_k(state_k, micro[0], RNG)
+  assert max_diff(state_k.params, start) == 0.0  # no update until the k-th micro-step
+  state_k, _ = step_k(state_k, micro[1], RNG)
+
+  opt_1 = make_optimizer(kw)
+  state_1, _ = make_train_step(SFT, opt_1)(init_train_state(params(), opt_1), batch, RNG)
+  assert max_diff(state_1.params, start) > 1e-3
+  assert max_diff(state_k.params, state_1.params) < 1e-5
+
+
+def test_bf16_compute_keeps_float32_master_weights():
+  bf16 = mixed_precision(CFG)
+  assert bf16.dtype == "bfloat16" and bf16.param_dtype == "float32"
+  loss_fn = functools.partial(sft_loss, model_cfg=bf16)
+  batch = make_batch(4)
+  p = params()
+  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(p, batch, RNG)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  ref_loss, _ = jax.jit(SFT)(p, batch, RNG)
+  assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2)
+  opt = make_optimizer(dict(learning_rate=1e-3))
+  state, _ = make_train_step(loss_fn, opt)(init_train_state(p, opt), batch, RNG)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+
+
+# ---------------------------------------------------------------- sharded
+
+def test_sharded_step_equals_single_device_step():
+  assert len(jax.devices()) == 8
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  psh = sharding.param_shardings(CFG, mesh)
+  opt = make_optimizer(dict(learning_rate=1e-3, eps=1e-4, weight_decay=0.01, grad_accum_steps=1))
+  batch = make_batch(8, seed=3)
+
+  state_s = init_train_state(init_params(CFG, RNG), opt, mesh=mesh, param_shardings=psh)
+  state_s, m_s = make_train_step(SFT, opt, mesh=mesh, param_shardings=psh)(state_s, batch, RNG)
+  step_1 = make_train_step(SFT, opt)
+  state_1, m_1 = step_1(init_train_state(params(), opt), batch, RNG)
+
+  assert max_diff(state_s.params, state_1.params) < 1e-5
+  assert max_diff(state_s.opt_state, state_1.opt_state) < 1e-5
+  for k in ("loss", "grad_norm", "accuracy", "learning_rate"):
+    assert float(m_s[k]) == pytest.approx(float(m_1[k]), rel=1e-5)
+  # The state keeps its layout: params as the rules say, Adam moments like their params.
+  assert state_s.params["layers"]["wq"].sharding.spec == psh["layers"]["wq"].spec
+  mu = state_s.opt_state[1].inner_state[0].mu
+  assert mu["layers"]["w_down"].sharding.spec == psh["layers"]["w_down"].spec
+  # Without param_shardings the step keeps whatever layout the state already has.
+  state_s, _ = make_train_step(SFT, opt, mesh=mesh)(state_s, batch, RNG)
+  assert state_s.params["layers"]["wq"].sharding.spec == psh["layers"]["wq"].spec
+  assert int(state_s.step) == 2
+
+  # Forward-only eval (reference log-probs) on the mesh equals the unsharded one.
+  eval_fn = lambda p, b: sequence_logprobs(p, CFG, b)[0]
+  state_1, _ = step_1(state_1, batch, RNG)
+  ref = make_eval_fn(eval_fn)(state_1.params, batch)
+  out = make_eval_fn(eval_fn, mesh)(state_s.params, batch)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+# ---------------------------------------------------------------- RL epochs
+
+def test_grpo_epochs_keep_old_logprobs():
+  opt = make_optimizer(dict(learning_rate=1e-2, schedule="constant"))
+  state = init_train_state(params(), opt)
+  batch = make_batch(4, seed=5)
+  old = np.asarray(make_eval_fn(lambda p, b: sequence_logprobs(p, CFG, b)[0])(state.params, batch))
+  rollouts = dict(batch, advantages=np.array([1.0, -1.0, 0.5, -0.5], np.float32),
+                  old_logprobs=old, ref_logprobs=old.copy())
+  loss_fn = functools.partial(grpo_loss, model_cfg=CFG, config=GRPOConfig(beta=0.04))
+  state, metrics = run_epochs(make_train_step(loss_fn, opt), state, rollouts, RNG, num_epochs=2,
+                              num_minibatches=2, shuffle_seed=0)
+  assert len(metrics) == 4 and int(state.step) == 4
+  assert float(metrics[0]["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
+  assert float(metrics[0]["kl"]) == pytest.approx(0.0, abs=1e-5)
+  assert abs(float(metrics[-1]["ratio_mean"]) - 1.0) > 1e-4  # the policy moved off pi_old
+  assert float(metrics[-1]["approx_kl"]) > 0
+
+
+def test_ppo_step_trains_value_head():
+  opt = make_optimizer(dict(learning_rate=1e-2, schedule="constant"))
+  p = {"model": params(), "value_head": init_value_head(CFG.d_model)}
+  batch = make_batch(4, seed=6)
+  logp, _, values = jax.jit(lambda p, b: ppo_forward(p, CFG, b))(p, batch)
+  rewards = np.zeros(batch["tokens"].shape, np.float32)  # on each row's last response token
+  rewards[np.arange(4), (batch["segment_ids"] > 0).sum(1) - 1] = [1.0, 0.0, 1.0, 0.0]
+  adv, ret = gae(rewards, values, batch["loss_mask"], 1.0, 0.95)
+  full = dict(batch, old_logprobs=logp, old_values=values, advantages=adv, returns=ret)
+  step = make_train_step(functools.partial(ppo_loss, model_cfg=CFG, config=PPOConfig()), opt)
+  state, m = step(init_train_state(p, opt), full, RNG)
+  assert np.any(np.asarray(state.params["value_head"]["w"]) != 0)
+  assert np.isfinite(float(m["vf_loss"])) and float(m["vf_loss"]) > 0
