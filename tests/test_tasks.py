@@ -1,0 +1,273 @@
+"""Procedural tasks (determinism, held-out splits, reference solutions, checkers) and datasets."""
+
+import dataclasses
+import json
+
+import pytest
+
+from reasoner.data import (DatasetFormatError, PreferencePair, Problem, TASKS, get_task,
+                           load_gsm8k, load_jsonl_preferences, load_jsonl_problems, mixture,
+                           parse_gsm8k_answer, split_of_key)
+from reasoner.data.tasks import check_expression
+from reasoner.rewards.format import format_reward
+
+TASK_NAMES = sorted(TASKS)
+
+
+def _wrap(answer):
+  return f"<think>working</think><answer>{answer}</answer>"
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+def test_registry_names():
+  assert {"arithmetic", "countdown", "linear_equation", "modular_arithmetic"} <= set(TASKS)
+  for name in TASK_NAMES:
+    assert get_task(name).name == name
+
+
+def test_unknown_task_lists_valid_names():
+  with pytest.raises(ValueError, match="arithmetic.*countdown.*linear_equation"):
+    get_task("calculus")
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_bad_arguments(name):
+  with pytest.raises(ValueError):
+    get_task(name).generate("validation", 2, seed=0)
+  with pytest.raises(ValueError):
+    get_task(name).generate("train", 2, seed=0, difficulty=0)
+
+
+# ------------------------------------------------------------------------- generation / splits
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_deterministic_and_seed_dependent(name):
+  task = get_task(name)
+  first = task.generate("train", 20, seed=3, difficulty=1)
+  assert first == task.generate("train", 20, seed=3, difficulty=1)
+  assert first != task.generate("train", 20, seed=4, difficulty=1)
+  assert [p.prompt for p in first[:10]] == [p.prompt for p in task.generate("train", 10, seed=3)]
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_splits_never_overlap(name):
+  task = get_task(name)
+  keys = {"train": set(), "test": set()}
+  prompts = {"train": set(), "test": set()}
+  for difficulty in range(1, task.max_difficulty + 2):  # one past the max: clamped
+    for seed in range(3):
+      for split in ("train", "test"):
+        problems = task.generate(split, 60, seed=seed, difficulty=difficulty)
+        call_keys = [p.meta["key"] for p in problems]
+        assert len(set(call_keys)) == len(call_keys)  # deduplicated within a call
+        for p in problems:
+          assert split_of_key(p.meta["key"], task.test_fraction) == split == p.meta["split"]
+        keys[split].update(call_keys)
+        prompts[split].update(p.prompt for p in problems)
+  assert not keys["train"] & keys["test"]
+  assert not prompts["train"] & prompts["test"]
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_test_split_has_thousands_of_problems(name):
+  problems = get_task(name).generate("test", 1500, seed=0, difficulty=1)
+  assert len({p.meta["key"] for p in problems}) == 1500
+
+
+def test_split_fraction_is_about_ten_percent():
+  keys = [f"k{i}" for i in range(20000)]
+  share = sum(split_of_key(k) == "test" for k in keys) / len(keys)
+  assert 0.09 < share < 0.11
+
+
+# --------------------------------------------------------------------- solutions and checkers
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_reference_solutions_pass_their_checker(name):
+  task = get_task(name)
+  for difficulty in range(1, task.max_difficulty + 1):
+    for split in ("train", "test"):
+      for p in task.generate(split, 40, seed=7, difficulty=difficulty):
+        assert p.task == name
+        assert p.solution.startswith("<think>") and p.solution.endswith("</answer>")
+        assert format_reward(p.solution) == 1.0, p.solution
+        assert task.check(p, p.solution), (p.prompt, p.solution)
+        assert task.check(p, p.solution.replace("<think>", "", 1)), "template opened <think>"
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_wrong_answers_fail(name):
+  task = get_task(name)
+  for p in task.generate("train", 30, seed=1, difficulty=1):
+    wrong = "1+2+3" if name == "countdown" else str(int(float(p.answer.split("/")[0])) + 1)
+    assert not task.check(p, _wrap(wrong))
+    assert not task.check(p, _wrap(""))
+    assert not task.check(p, f"<think>{p.answer}</think><answer></answer>")
+    assert not task.check(p, f"<think><answer>{p.answer}</answer></think>")
+    assert not task.check(p, _wrap(p.answer) + _wrap(p.answer))
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_difficulty_one_is_small_model_friendly(name):
+  for p in get_task(name).generate("train", 200, seed=0, difficulty=1):
+    assert len(p.prompt) < 120, p.prompt
+    assert len(p.solution) < 150, p.solution
+
+
+def test_examples_of_each_task():
+  arithmetic = get_task("arithmetic").generate("train", 50, seed=0)
+  assert any(p.prompt.startswith("Compute ") for p in arithmetic)
+  assert any("How many" in p.prompt for p in arithmetic)
+  countdown = get_task("countdown").generate("train", 20, seed=0)
+  for p in countdown:
+    assert len(p.meta["numbers"]) == 3 and all(1 <= n <= 20 for n in p.meta["numbers"])
+    assert 1 <= p.meta["target"] <= 100
+  harder = get_task("arithmetic").generate("train", 50, seed=0, difficulty=3)
+  assert max(p.solution.count("=") for p in harder) > max(p.solution.count("=") for p in arithmetic)
+
+
+def test_problem_is_frozen_and_hashable():
+  p = get_task("arithmetic").generate("train", 1, seed=0)[0]
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    p.answer = "0"
+  assert hash(p) == hash(dataclasses.replace(p))
+
+
+# ----------------------------------------------------------------------------------- countdown
+
+
+@pytest.mark.parametrize("answer,ok", [
+    ("20+7-3", True),
+    ("(7-3)+20", True),
+    ("20 - 3 + 7 = 24", True),  # a trailing "= target" is accepted
+    ("24 = 20+7-3", True),
+    ("20+7-3 = 25", False),
+    ("20\u00d71+7-3", False),  # 1 is not given
+    ("20+7", False),  # 3 unused
+    ("20+7-3+3-3", False),  # 3 reused
+    ("27-3", False),  # 27 is not given (digits glued together)
+    ("20+7-3.0", False),  # floats are not the given integers
+    ("(20+7)**1-3", False),  # power is not allowed
+    ("20+7//1-3", False),
+    ("abs(20)+7-3", False),
+    ("__import__('os').system('touch /tmp/pwned')", False),
+    ("", False),
+])
+def test_countdown_checker(answer, ok):
+  assert check_expression(answer, [3, 7, 20], 24) is ok
+
+
+def test_countdown_exact_fractions_and_zero_division():
+  assert check_expression("6/(1-3/4)", [1, 3, 4, 6], 24)  # needs an exact 1/4 intermediate
+  assert not check_expression("6/(4-4)", [4, 4, 6], 24)
+
+
+def test_countdown_task_check_uses_meta():
+  p = get_task("countdown").generate("train", 1, seed=0)[0]
+  numbers = p.meta["numbers"]
+  assert get_task("countdown").check(p, _wrap(p.answer))
+  assert not get_task("countdown").check(p, _wrap("+".join(map(str, numbers + numbers[:1]))))
+
+
+# ------------------------------------------------------------------------------------- mixture
+
+
+def test_mixture_interleaves_tasks():
+  names = ["arithmetic", "countdown", "linear_equation"]
+  problems = mixture(names, "train", 10, seed=0)
+  assert len(problems) == 10
+  assert [p.task for p in problems[:6]] == names * 2
+  assert problems == mixture(names, "train", 10, seed=0)
+  hard = mixture(names, "test", 6, seed=0, difficulty={"countdown": 2})
+  assert all(p.meta["split"] == "test" for p in hard)
+  assert len(hard[1].meta["numbers"]) == 4
+  with pytest.raises(ValueError):
+    mixture(["nope"], "train", 2, seed=0)
+
+
+# -------------------------------------------------------------------------------------- GSM8K
+
+_GSM8K_RECORD = {
+    "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                "clips in May. How many clips did Natalia sell altogether in April and May?",
+    "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+              "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
+}
+
+
+def test_parse_gsm8k_answer():
+  rationale, final = parse_gsm8k_answer(_GSM8K_RECORD["answer"])
+  assert final == "72"
+  assert "<<" not in rationale and "48/2 = 24 clips" in rationale
+  assert parse_gsm8k_answer("So 1,200 in total.\n#### 1,200")[1] == "1200"
+  with pytest.raises(DatasetFormatError):
+    parse_gsm8k_answer("no final answer")
+
+
+def test_load_gsm8k_with_tfds_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  records = [_GSM8K_RECORD, {"question": b"What is 2+2?", "answer": b"2+2=<<2+2=4>>4\n#### 4"}]
+  with tfds.testing.mock_data(as_data_source_fn=lambda *args, **kwargs: records):
+    problems = load_gsm8k("test")
+  assert [p.answer for p in problems] == ["72", "4"]
+  assert problems[0].task == "gsm8k"
+  assert problems[0].prompt.startswith("Natalia sold clips")
+  assert problems[1].solution == "<think>2+2=4</think><answer>4</answer>"
+  assert format_reward(problems[0].solution) == 1.0
+  with tfds.testing.mock_data(num_examples=3):  # tfds' own random records
+    assert len(load_gsm8k("train")) == 3
+  with pytest.raises(ValueError):
+    load_gsm8k("validation")
+
+
+# -------------------------------------------------------------------------------------- JSONL
+
+
+def _write(tmp_path, lines, name="data.jsonl"):
+  path = tmp_path / name
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def test_load_jsonl_problems(tmp_path):
+  path = _write(tmp_path, [
+      json.dumps({"prompt": "1+1?", "answer": "2"}),
+      "",
+      json.dumps({"prompt": "2+2?", "answer": 4, "source": "mine",
+                  "solution": "<think>2+2=4</think><answer>4</answer>"}),
+      json.dumps({"prompt": "Write f", "answer": "", "task": "code", "tests": "assert f()"}),
+  ])
+  problems = load_jsonl_problems(path)
+  assert problems[0] == Problem("1+1?", "2", "", "math", {})
+  assert problems[1].answer == "4" and problems[1].meta == {"source": "mine"}
+  assert problems[2].task == "code" and problems[2].meta["tests"] == "assert f()"
+
+
+def test_load_jsonl_preferences(tmp_path):
+  path = _write(tmp_path, [json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"})])
+  assert load_jsonl_preferences(path) == [PreferencePair("p", "good", "bad")]
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"prompt": "a", "answer": "1"}', '{"prompt": "b", "answer": '],
+     r"data\.jsonl:2: invalid JSON"),
+    (['{"prompt": "a"}'], r"data\.jsonl:1: missing key 'answer'"),
+    (['["prompt", "answer"]'], r"data\.jsonl:1: expected a JSON object"),
+    (['{"prompt": "a", "answer": null}'], r"data\.jsonl:1: 'answer' must be a string"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, lines, message):
+  path = _write(tmp_path, lines)
+  with pytest.raises(DatasetFormatError, match=message):
+    load_jsonl_problems(path)
+
+
+def test_jsonl_preference_errors_and_missing_file(tmp_path):
+  path = _write(tmp_path, ['{"prompt": "p", "chosen": "c"}'], name="prefs.jsonl")
+  with pytest.raises(DatasetFormatError, match=r"prefs\.jsonl:1: missing key 'rejected'"):
+    load_jsonl_preferences(path)
+  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    load_jsonl_problems(str(tmp_path / "missing.jsonl"))
