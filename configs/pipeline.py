@@ -1,0 +1,140 @@
+"""The four-stage pipeline: M0 -> SFT -> GRPO -> rejection-sampling distillation -> DPO.
+
+Usage:
+  python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/tiny
+  python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/tiny --config.stages=grpo
+  python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/r1zero --config.r1_zero=True
+
+Presets: tiny (CPU, minutes), qwen2_5_0_5b_gsm8k, qwen2_5_7b_gsm8k, llama3_1_8b_gsm8k.
+Every field can be overridden with --config.a.b=value.
+"""
+
+from ml_collections import ConfigDict
+
+from reasoner.model.config import PRESETS as MODEL_PRESETS
+
+PIPELINE_PRESETS = ("tiny", "qwen2_5_0_5b_gsm8k", "qwen2_5_7b_gsm8k", "llama3_1_8b_gsm8k")
+
+
+def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine"):
+  return ConfigDict(dict(learning_rate=lr, warmup_steps=warmup, total_steps=steps, schedule=schedule,
+                         weight_decay=wd, b1=0.9, b2=0.95, eps=1e-8, grad_clip=clip,
+                         grad_accum_steps=accum))
+
+
+def tiny() -> ConfigDict:
+  c = ConfigDict()
+  c.preset = "tiny"
+  c.seed = 0
+  # Comma-separated subset of: pretrain, sft, grpo, distill, dpo ("all" = every stage).
+  c.stages = "all"
+  # R1-Zero: GRPO straight from M0 (skips SFT).
+  c.r1_zero = False
+
+  c.model = ConfigDict(MODEL_PRESETS["tiny"])
+  c.model.preset = "tiny"
+  # Where M0 comes from: "pretrain" (the pipeline pre-trains it on the task corpus) or a
+  # model directory / Hugging Face folder path.
+  c.init = "pretrain"
+  c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+  c.tokenizer = ConfigDict(dict(kind="sentencepiece", path="", vocab_size=512, template="plain"))
+
+  c.data = ConfigDict()
+  c.data.source = "procedural"  # procedural | gsm8k | jsonl
+  c.data.tasks = "arithmetic,countdown,linear_equation"
+  c.data.difficulty = 1
+  c.data.path = ""  # JSONL file or TFDS data_dir
+  c.data.preferences_path = ""  # optional JSONL of {prompt, chosen, rejected} for DPO
+
+  c.pretrain = ConfigDict(dict(steps=600, batch_size=32, seq_len=128, n_documents=20000,
+                               optim=_optim(3e-3, 600, warmup=50, wd=0.01)))
+  c.sft = ConfigDict(dict(steps=150, batch_size=32, seq_len=128, n_examples=1500,
+                          optim=_optim(1e-3, 150, warmup=10)))
+
+  c.grpo = ConfigDict()
+  c.grpo.steps = 60
+  c.grpo.prompts_per_step = 16
+  c.grpo.group_size = 8
+  c.grpo.max_new_tokens = 64
+  c.grpo.temperature = 1.0
+  c.grpo.top_p = 1.0
+  c.grpo.epochs = 1  # optimisation epochs over each batch of rollouts
+  c.grpo.minibatches = 1
+  c.grpo.dynamic_sampling = True  # drop groups whose rewards are all equal (DAPO)
+  c.grpo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.0, kl_estimator="k3",
+                                loss_agg="token_mean", constant_norm=64.0, scale_by_std=True))
+  c.grpo.reward = ConfigDict(dict(w_out=1.0, w_proc=0.2, w_format=1.0, w_lang=0.0, l_cost=0.0,
+                                  l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
+                                  overlong_buffer=0))
+  c.grpo.optim = _optim(5e-4, 60, warmup=5, schedule="constant")
+
+  c.distill = ConfigDict()
+  c.distill.n_problems = 1200
+  c.distill.samples_per_problem = 4
+  c.distill.temperature = 0.8
+  c.distill.init_from = "sft"  # sft | pretrain | grpo: the student's starting point
+  c.distill.student = ""  # model preset for a smaller student; "" = same shape as the teacher
+  c.distill.steps = 200
+  c.distill.batch_size = 32
+  c.distill.seq_len = 128
+  c.distill.optim = _optim(1e-3, 200, warmup=10)
+
+  c.dpo = ConfigDict()
+  c.dpo.n_problems = 600
+  c.dpo.samples_per_problem = 4
+  c.dpo.temperature = 1.0
+  c.dpo.steps = 60
+  c.dpo.batch_size = 16
+  c.dpo.seq_len = 128
+  c.dpo.beta = 0.1
+  c.dpo.loss_type = "sigmoid"
+  c.dpo.label_smoothing = 0.0
+  c.dpo.replay_weight = 0.5  # weight of the SFT loss on replayed earlier data
+  c.dpo.optim = _optim(2e-4, 60, warmup=5, schedule="constant")
+
+  c.eval = ConfigDict(dict(n_problems=256, k=4, temperature=1.0, max_new_tokens=64, batch_size=256))
+  c.log_every = 10
+  c.checkpoint_every = 50
+  return c
+
+
+def _real(model_preset: str, mesh: dict, template: str, lr_scale: float = 1.0) -> ConfigDict:
+  """A GSM8K pipeline that starts from a pre-trained model folder (set --config.init=PATH)."""
+  c = tiny()
+  c.model = ConfigDict(MODEL_PRESETS[model_preset])
+  c.model.preset = model_preset
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
+  c.init = ""  # a Hugging Face folder or model directory; required
+  c.mesh = ConfigDict(mesh)
+  c.tokenizer = ConfigDict(dict(kind="from_init", path="", vocab_size=0, template="qwen" if "qwen" in model_preset else "llama3"))
+  c.data.source = "gsm8k"
+  c.stages = "sft,grpo,distill,dpo"
+  seq = 1024
+  c.sft.update(dict(steps=500, batch_size=64, seq_len=seq, n_examples=7473,
+                    optim=_optim(1e-5 * lr_scale, 500, warmup=25, wd=0.0)))
+  c.grpo.update(dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=768,
+                     minibatches=4, temperature=1.0))
+  c.grpo.loss.beta = 0.001
+  c.grpo.loss.constant_norm = 768.0
+  c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant")
+  c.distill.update(dict(n_problems=7473, samples_per_problem=4, steps=500, batch_size=64,
+                        seq_len=seq, optim=_optim(1e-5 * lr_scale, 500, warmup=25)))
+  c.dpo.update(dict(n_problems=2000, steps=200, batch_size=32, seq_len=seq,
+                    optim=_optim(5e-7 * lr_scale, 200, warmup=10, schedule="constant")))
+  c.eval.update(dict(n_problems=1319, k=8, max_new_tokens=768, batch_size=128))
+  c.checkpoint_every = 100
+  return c
+
+
+def get_config(preset: str = "tiny") -> ConfigDict:
+  if preset == "tiny":
+    return tiny()
+  if preset == "qwen2_5_0_5b_gsm8k":
+    return _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", lr_scale=2.0)
+  if preset == "qwen2_5_7b_gsm8k":
+    return _real("qwen2_5_7b", dict(data=1, fsdp=-1, tensor=4), "qwen")
+  if preset == "llama3_1_8b_gsm8k":
+    return _real("llama3_1_8b", dict(data=1, fsdp=-1, tensor=4), "llama3")
+  raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")

@@ -1,0 +1,80 @@
+"""Metrics sinks at the edge of the loops: JSONL, TensorBoard and a progress line with ETA."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping, Optional
+
+import numpy as np
+
+
+def _scalar(v) -> Optional[float]:
+  try:
+    arr = np.asarray(v)
+  except Exception:
+    return None
+  if arr.size != 1 or not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+    return None
+  return float(arr.reshape(()))
+
+
+class MetricsWriter:
+  """Appends `{"stage", "step", ...}` lines to DIR/metrics.jsonl and scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # TensorBoard output is optional; JSONL is always written
+        self._tb = None
+
+  def write(self, stage: str, step: int, metrics: Mapping[str, object]) -> dict:
+    row = {"stage": stage, "step": int(step), "time": time.time()}
+    for k, v in metrics.items():
+      s = _scalar(v)
+      if s is not None:
+        row[k] = s
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k not in ("stage", "step", "time"):
+          self._tb.add_scalar(f"{stage}/{k}", v, step)
+    return row
+
+  def read(self, stage: Optional[str] = None) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    rows = [json.loads(line) for line in open(self.path) if line.strip()]
+    return [r for r in rows if stage is None or r["stage"] == stage]
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """Prints `[stage] step 12/60 (20%) k=v ... | 3.1s elapsed, ETA 12.4s` every `every` steps."""
+
+  def __init__(self, stage: str, total: int, start: int = 0, every: int = 10, stream=None):
+    self.stage, self.total, self.start, self.every = stage, total, start, max(1, every)
+    self.t0 = time.time()
+    self.stream = stream or sys.stdout
+
+  def update(self, step: int, metrics: Mapping[str, object] = (), force: bool = False):
+    done = step - self.start
+    if not force and step % self.every and step != self.total:
+      return
+    elapsed = time.time() - self.t0
+    eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+    shown = " ".join(f"{k}={_scalar(v):.4g}" for k, v in dict(metrics).items() if _scalar(v) is not None)
+    pct = 100.0 * step / max(1, self.total)
+    print(f"[{self.stage}] step {step}/{self.total} ({pct:.0f}%) {shown} | {elapsed:.1f}s elapsed, "
+          f"ETA {eta:.1f}s", file=self.stream, flush=True)

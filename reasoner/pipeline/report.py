@@ -1,0 +1,67 @@
+"""The per-stage results table (report.json, a printed table) and training curves as PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("grpo", "M2 GRPO"),
+                ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
+COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc")
+
+
+def _value(metrics: Mapping, col: str):
+  if col in ("maj@k", "pass@k"):
+    key = next((k for k in metrics if k.startswith(col[:-1]) and k != "pass@1"), None)
+    return metrics.get(key) if key else None
+  return metrics.get(col)
+
+
+def format_table(report: Mapping[str, Mapping]) -> str:
+  """A fixed-width table, one row per evaluated model, in pipeline order."""
+  rows = [(label, report[name]) for name, label in STAGE_MODELS if name in report]
+  header = f"{'model':<14}" + "".join(f"{c:>12}" for c in COLUMNS)
+  lines = [header, "-" * len(header)]
+  for label, m in rows:
+    cells = []
+    for c in COLUMNS:
+      v = _value(m, c)
+      if v is None:
+        cells.append(f"{'-':>12}")
+      elif c == "mean_length":
+        cells.append(f"{v:>12.1f}")
+      else:
+        cells.append(f"{100 * v:>11.1f}%")
+    lines.append(f"{label:<14}" + "".join(cells))
+  return "\n".join(lines)
+
+
+def write_report(path: str, report: Mapping, extra: Mapping = ()) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"models": report, **dict(extra)}, f, indent=2, default=float)
+  os.replace(tmp, path)
+
+
+def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: str) -> bool:
+  """Plots metric `keys` against step from metrics rows; returns False if nothing to plot."""
+  series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
+  series = {k: v for k, v in series.items() if v}
+  if not series:
+    return False
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2), squeeze=False)
+  for ax, (k, pts) in zip(axes[0], series.items()):
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys)
+    ax.set_xlabel("step")
+    ax.set_title(k)
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return True

@@ -1,0 +1,93 @@
+"""What every stage needs: config, mesh, tokenizer, model shape, data, metrics sink, paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from reasoner import sharding
+from reasoner.data.datasets import load_gsm8k, load_jsonl_problems
+from reasoner.data.problem import Problem
+from reasoner.data.tasks import mixture
+from reasoner.model.config import ModelConfig
+from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.tokenizer import format_prompt
+
+
+def stable_seed(*parts) -> int:
+  """A 31-bit seed from any printable parts (stable across runs and Python versions)."""
+  return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
+
+
+@dataclasses.dataclass
+class StageContext:
+  config: object  # the pipeline ConfigDict
+  workdir: str
+  mesh: object
+  model_cfg: ModelConfig
+  tokenizer: object
+  writer: MetricsWriter
+
+  @property
+  def template(self) -> str:
+    return self.config.tokenizer.template
+
+  def stage_dir(self, stage: str) -> str:
+    path = os.path.join(self.workdir, "stages", stage)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+  def final_dir(self, stage: str) -> str:
+    return os.path.join(self.workdir, "stages", stage, "final")
+
+  @property
+  def param_shardings(self):
+    return sharding.param_shardings(self.model_cfg, self.mesh)
+
+  # ---- text <-> tokens -------------------------------------------------------------------
+  def encode_prompt(self, question: str) -> list[int]:
+    return self.tokenizer.encode(format_prompt(question, self.template))
+
+  def encode_response(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text) + [self.tokenizer.eos_id]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(list(ids))
+
+  # ---- problems ----------------------------------------------------------------------------
+  def problems(self, split: str, n: int, *seed_parts) -> list[Problem]:
+    """`n` problems of `split`, deterministic in (config.seed, seed_parts)."""
+    d = self.config.data
+    seed = stable_seed(self.config.seed, split, *seed_parts)
+    if d.source == "procedural":
+      tasks = [t.strip() for t in d.tasks.split(",") if t.strip()]
+      return mixture(tasks, split, n, seed, d.difficulty)
+    pool = _real_problems(d.source, d.path, split)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if n < len(pool) else rng.permutation(len(pool))
+    return [pool[i] for i in idx]
+
+
+_POOLS: dict = {}
+
+
+def _real_problems(source: str, path: str, split: str) -> list[Problem]:
+  key = (source, path, split)
+  if key not in _POOLS:
+    if source == "gsm8k":
+      _POOLS[key] = load_gsm8k("train" if split == "train" else "test", data_dir=path or None)
+    else:  # jsonl: the last 10% of the file (at least one line) is held out
+      rows = load_jsonl_problems(path)
+      cut = max(1, len(rows) // 10)
+      _POOLS[key] = rows[:-cut] if split == "train" else rows[-cut:]
+    if not _POOLS[key]:
+      raise ValueError(f"no {split} problems in data source {source!r} ({path or 'default location'})")
+  return _POOLS[key]
+
+
+def held_out_problems(ctx: StageContext, n: Optional[int] = None) -> list[Problem]:
+  return ctx.problems("test", n or ctx.config.eval.n_problems, "eval")

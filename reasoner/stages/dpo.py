@@ -1,0 +1,136 @@
+"""Stage 4 (M3 -> M4): DPO on preference pairs, anchored to M3, with replay of earlier data.
+
+Pairs come from a JSONL file of {prompt, chosen, rejected} (`data.preferences_path`) or, by
+default, from M3 itself: for each problem M3 samples N completions; the shortest verified-correct,
+well-formatted one is chosen and an incorrect or malformed one rejected. The loss adds
+`replay_weight` x the SFT loss on replayed reference solutions so earlier skills are kept.
+
+The preference metric (`pref_acc`) is the share of held-out pairs whose chosen response the
+model gives a higher log-probability than the rejected one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from reasoner.data.datasets import load_jsonl_preferences
+from reasoner.losses.dpo import DPOConfig, dpo_loss, response_logps
+from reasoner.losses.sft import sft_loss
+from reasoner.pipeline.evaluate import check_completion
+from reasoner.rewards.format import format_reward
+from reasoner.sampling import SamplingConfig
+from reasoner.stages.context import StageContext
+from reasoner.stages.loop import train_loop
+from reasoner.stages.rollouts import rollout_rows, sample_rollouts
+from reasoner.stages.sft import sft_examples
+from reasoner.stages.supervised import epoch_batches
+from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
+from reasoner.train.packing import pack_sequences
+
+
+def sampled_pairs(ctx: StageContext, params, problems, n: int, temperature: float, max_new: int,
+                  rng: jax.Array, chunk: int = 64) -> list[tuple[list[int], list[int], list[int]]]:
+  """(prompt_ids, chosen_ids, rejected_ids) from the model's own samples, one per problem at most."""
+  sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, n=n)
+  pairs = []
+  for i in range(0, len(problems), chunk):
+    batch = problems[i:i + chunk]
+    prompts = [ctx.encode_prompt(p.prompt) for p in batch]
+    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, i))
+    for j, problem in enumerate(batch):
+      rows = range(j * n, (j + 1) * n)
+      good = [r for r in rows if ro.done[r] and format_reward(ro.texts[r]) == 1.0
+              and check_completion(problem, ro.texts[r])]
+      bad = [r for r in rows if r not in good]
+      if good and bad:
+        chosen = min(good, key=lambda r: len(ro.completion_ids[r]))
+        rejected = bad[0]
+        pairs.append((prompts[j], ro.completion_ids[chosen], ro.completion_ids[rejected]))
+  return pairs
+
+
+def file_pairs(ctx: StageContext, path: str):
+  return [(ctx.encode_prompt(p.prompt), ctx.encode_response(p.chosen), ctx.encode_response(p.rejected))
+          for p in load_jsonl_preferences(path)]
+
+
+def pair_batch(pairs, seq_len: int, pad_id: int) -> dict:
+  prompts = [p for p, _, _ in pairs]
+  return {"chosen": rollout_rows(prompts, [c for _, c, _ in pairs], seq_len, pad_id),
+          "rejected": rollout_rows(prompts, [r for _, _, r in pairs], seq_len, pad_id)}
+
+
+def preference_accuracy(ctx: StageContext, params, pairs, seq_len: int) -> float:
+  """Share of pairs where log p(chosen) > log p(rejected) under `params`."""
+  if not pairs:
+    return float("nan")
+  fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
+  wins = []
+  for i in range(0, len(pairs), 64):
+    chunk = pairs[i:i + 64]
+    chunk = chunk + chunk[:1] * (64 - len(chunk))  # fixed shape: one compile
+    c, r = fn(params, pair_batch(chunk, seq_len, ctx.tokenizer.pad_id))
+    wins.extend((np.asarray(c) > np.asarray(r))[:len(pairs[i:i + 64])].tolist())
+  return float(np.mean(wins))
+
+
+def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
+  cfg = ctx.config.dpo
+  problems = ctx.problems("test", cfg.n_problems // 2, "dpo-heldout")
+  return sampled_pairs(ctx, m3_params, problems, cfg.samples_per_problem, cfg.temperature,
+                       ctx.config.grpo.max_new_tokens, rng)
+
+
+def run_dpo(ctx: StageContext, params, rng: jax.Array):
+  cfg = ctx.config.dpo
+  if ctx.config.data.preferences_path:
+    pairs = file_pairs(ctx, ctx.config.data.preferences_path)
+  else:
+    problems = ctx.problems("train", cfg.n_problems, "dpo")
+    pairs = sampled_pairs(ctx, params, problems, cfg.samples_per_problem, cfg.temperature,
+                          ctx.config.grpo.max_new_tokens, jax.random.fold_in(rng, 0))
+  if not pairs:
+    raise ValueError("[dpo] no preference pairs: the model's samples were all correct or all wrong; "
+                     "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
+  print(f"[dpo] {len(pairs)} preference pairs", flush=True)
+  data = pair_batch(pairs, cfg.seq_len, ctx.tokenizer.pad_id)
+  ref_fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
+  ref_c, ref_r = [], []
+  for i in range(0, len(pairs), cfg.batch_size):
+    idx = np.resize(np.arange(i, min(i + cfg.batch_size, len(pairs))), cfg.batch_size)
+    c, r = ref_fn(params, jax.tree.map(lambda x: x[idx], data))
+    n = min(cfg.batch_size, len(pairs) - i)
+    ref_c.append(np.asarray(c)[:n])
+    ref_r.append(np.asarray(r)[:n])
+  data["ref_chosen_logps"], data["ref_rejected_logps"] = np.concatenate(ref_c), np.concatenate(ref_r)
+
+  replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
+                          cfg.seq_len, ctx.tokenizer.pad_id)
+  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+
+  def loss_fn(p, batch, rng):
+    loss, metrics = dpo_loss(p, batch["pairs"], rng, model_cfg=ctx.model_cfg, config=dpo_cfg)
+    if cfg.replay_weight > 0:
+      replay_loss, _ = sft_loss(p, batch["replay"], rng, model_cfg=ctx.model_cfg)
+      loss = loss + cfg.replay_weight * replay_loss
+      metrics = {**metrics, "replay_loss": replay_loss, "loss": loss}
+    return loss, metrics
+
+  optimizer = make_optimizer(cfg.optim)
+  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+
+  def step_fn(state, i, rng):
+    idx = epoch_batches(len(pairs), cfg.batch_size, i, ctx.config.seed)
+    ridx = epoch_batches(replay["tokens"].shape[0], cfg.batch_size, i, ctx.config.seed + 1)
+    batch = {"pairs": jax.tree.map(lambda x: x[idx], data),
+             "replay": {k: v[ridx] for k, v in replay.items()}}
+    return step(state, batch, rng)
+
+  state = train_loop("dpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("dpo"),
+                     writer=ctx.writer, rng=jax.random.fold_in(rng, 1), log_every=ctx.config.log_every,
+                     checkpoint_every=ctx.config.checkpoint_every)
+  return state.params

@@ -1,0 +1,47 @@
+"""The one training loop every stage uses: resume from the last checkpoint, step, log, save.
+
+A stage supplies `step_fn(state, step, rng) -> (state, metrics)`; everything stateful (the
+optimiser state, the step counter, the RNG) lives in the checkpoint, and the data for step s is
+a pure function of (seed, s), so a killed run resumes to the same final step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+
+from reasoner.checkpoint import CheckpointManager
+from reasoner.pipeline.metrics_log import MetricsWriter, Progress
+from reasoner.train import TrainState
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *, stage_dir: str,
+               writer: MetricsWriter, rng: jax.Array, log_every: int = 10,
+               checkpoint_every: int = 50) -> TrainState:
+  """Runs steps [resumed, n_steps) of `step_fn`, checkpointing every `checkpoint_every` steps."""
+  mgr = CheckpointManager(os.path.join(stage_dir, "ckpt"), max_to_keep=2)
+  start = mgr.latest_step() or 0
+  if start:
+    restored = mgr.restore(start, params_target=_abstract(state.params),
+                           opt_state_target=_abstract(state.opt_state))
+    state = state.replace(step=start, params=restored["params"], opt_state=restored["opt_state"])
+    print(f"[{stage}] resumed from checkpoint step {start}/{n_steps}", flush=True)
+  progress = Progress(stage, n_steps, start=start, every=log_every)
+  for step in range(start, n_steps):
+    state, metrics = step_fn(state, step, jax.random.fold_in(rng, step))
+    done = step + 1
+    if done % log_every == 0 or done == n_steps:
+      metrics = jax.device_get(metrics)
+      writer.write(stage, done, metrics)
+      progress.update(done, {k: v for k, v in metrics.items() if not k.startswith("_")}, force=True)
+    if done % checkpoint_every == 0 or done == n_steps:
+      mgr.save(done, state.params, state.opt_state)
+  mgr.wait()
+  mgr.close()
+  return state

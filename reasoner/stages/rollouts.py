@@ -1,0 +1,59 @@
+"""Rollouts: sample completions for prompts and lay them out as training rows.
+
+A row is `prompt + completion`, right-padded to a fixed length so the train step compiles once:
+tokens / positions / segment_ids / loss_mask [rows, prompt_len + max_new], with loss_mask on the
+sampled completion tokens only (tokens injected by budget forcing are masked out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from reasoner.sampling import SamplingConfig, generate
+
+
+@dataclasses.dataclass
+class Rollouts:
+  prompt_ids: list[list[int]]  # [rows] (each prompt repeated n times, prompt-major)
+  completion_ids: list[list[int]]  # [rows], up to and including the stop token
+  texts: list[str]  # decoded completions
+  lengths: np.ndarray  # [rows]
+  done: np.ndarray  # [rows] bool: stopped by EOS / stop sequence
+  injected: list[np.ndarray]  # [rows] masks of forced tokens
+
+
+def sample_rollouts(params, ctx, prompts: Sequence[list[int]], sampling: SamplingConfig,
+                    rng: jax.Array) -> Rollouts:
+  out = generate(params, ctx.model_cfg, list(prompts), sampling, rng, pad_id=ctx.tokenizer.pad_id,
+                 eos_id=ctx.tokenizer.eos_id, mesh=ctx.mesh)
+  n = sampling.n
+  completions = [row[:length].tolist() for row, length in zip(out.tokens, out.lengths)]
+  injected = [np.asarray(m[:length], bool) for m, length in zip(out.injected, out.lengths)]
+  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(n)],
+                  completion_ids=completions, texts=[ctx.decode(c) for c in completions],
+                  lengths=np.asarray(out.lengths), done=np.asarray(out.done), injected=injected)
+
+
+def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], seq_len: int,
+                 pad_id: int, injected: Sequence[np.ndarray] = ()) -> dict:
+  """Right-padded rows with the loss on completion tokens; prompts are truncated from the left."""
+  rows = len(prompt_ids)
+  tokens = np.full((rows, seq_len), pad_id, np.int32)
+  segment_ids = np.zeros((rows, seq_len), np.int32)
+  loss_mask = np.zeros((rows, seq_len), np.float32)
+  for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    c = list(c)[:seq_len - 1]
+    p = list(p)[-(seq_len - len(c)):]
+    n = len(p) + len(c)
+    tokens[i, :n] = p + c
+    segment_ids[i, :n] = 1
+    loss_mask[i, len(p):n] = 1.0
+    if len(injected) and len(injected[i]):
+      inj = np.asarray(injected[i][:len(c)], bool)
+      loss_mask[i, len(p):len(p) + len(inj)][inj] = 0.0
+  positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
+  return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids, "loss_mask": loss_mask}

@@ -1,0 +1,109 @@
+"""Pipeline pieces that need no training: config validation, rollout rows, report, metrics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import pipeline as pipeline_configs
+from reasoner.pipeline import report as report_lib
+from reasoner.pipeline.config_check import resolve_stages, validate_config
+from reasoner.pipeline.metrics_log import MetricsWriter, Progress
+from reasoner.stages.rollouts import rollout_rows
+from reasoner.stages.supervised import epoch_batches
+
+
+@pytest.mark.parametrize("preset", pipeline_configs.PIPELINE_PRESETS)
+def test_every_preset_validates(preset):
+  cfg = pipeline_configs.get_config(preset)
+  if preset != "tiny":
+    cfg.init = "/models/some-folder"
+  validate_config(cfg)
+
+
+def test_unknown_preset_and_bad_fields_are_named():
+  with pytest.raises(ValueError, match="unknown pipeline preset 'tiyn'"):
+    pipeline_configs.get_config("tiyn")
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.stages = "sft,gpro"
+  with pytest.raises(ValueError, match=r"unknown stage\(s\) \['gpro'\]"):
+    validate_config(cfg)
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.grpo.loss.loss_agg = "mean"
+  with pytest.raises(ValueError, match="config.grpo.loss.loss_agg='mean' is not one of"):
+    validate_config(cfg)
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.grpo.group_size = 1
+  with pytest.raises(ValueError, match="group_size must be >= 2"):
+    validate_config(cfg)
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.data.tasks = "arithmetic,sudoku"
+  with pytest.raises(ValueError, match=r"unknown task\(s\) \['sudoku'\]"):
+    validate_config(cfg)
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.model.n_kv_heads = 3
+  with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+    validate_config(cfg)
+  with pytest.raises(AttributeError):  # typo'd fields do not exist on the ConfigDict
+    pipeline_configs.get_config("tiny").grpo.gropu_size
+
+
+def test_stage_resolution():
+  cfg = pipeline_configs.get_config("tiny")
+  assert resolve_stages(cfg) == ["pretrain", "sft", "grpo", "distill", "dpo"]
+  cfg.stages = "dpo,sft"
+  assert resolve_stages(cfg) == ["sft", "dpo"]
+  cfg.stages = "all"
+  cfg.r1_zero = True
+  assert "sft" not in resolve_stages(cfg)
+
+
+def test_rollout_rows_layout():
+  rows = rollout_rows([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], seq_len=6, pad_id=0,
+                      injected=[np.array([False, True]), np.array([False, False, False])])
+  np.testing.assert_array_equal(rows["tokens"], [[5, 6, 7, 1, 2, 0], [8, 3, 4, 9, 0, 0]])
+  np.testing.assert_array_equal(rows["segment_ids"], [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(rows["positions"], [[0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 3, 3]])
+  # Loss only on completion tokens, and not on the injected one.
+  np.testing.assert_array_equal(rows["loss_mask"], [[0, 0, 0, 1, 0, 0], [0, 1, 1, 1, 0, 0]])
+
+
+def test_rollout_rows_truncates_prompt_from_the_left():
+  rows = rollout_rows([[1, 2, 3, 4, 5]], [[7, 8]], seq_len=4, pad_id=0)
+  np.testing.assert_array_equal(rows["tokens"], [[4, 5, 7, 8]])
+  np.testing.assert_array_equal(rows["loss_mask"], [[0, 0, 1, 1]])
+
+
+def test_epoch_batches_cover_each_row_once_per_epoch():
+  seen = np.concatenate([epoch_batches(10, 5, s, seed=3) for s in range(2)])
+  assert sorted(seen.tolist()) == list(range(10))
+  np.testing.assert_array_equal(epoch_batches(10, 5, 1, 3), epoch_batches(10, 5, 1, 3))
+  assert len(epoch_batches(3, 5, 0, 3)) == 5  # wraps when fewer rows than a batch
+
+
+def test_report_table_and_json(tmp_path):
+  rep = {"m0": {"pass@1": 0.0, "maj@4": 0.0, "pass@4": 0.0, "greedy_acc": 0.0, "format_rate": 0.0,
+                "mean_length": 64.0},
+         "grpo": {"pass@1": 0.5, "maj@4": 0.6, "pass@4": 0.8, "greedy_acc": 0.55, "format_rate": 1.0,
+                  "mean_length": 20.5}}
+  table = report_lib.format_table(rep)
+  lines = table.splitlines()
+  assert lines[2].startswith("M0 base") and lines[3].startswith("M2 GRPO")
+  assert "50.0%" in lines[3] and "60.0%" in lines[3] and "80.0%" in lines[3] and "20.5" in lines[3]
+  report_lib.write_report(str(tmp_path / "r.json"), rep, {"seed": 0})
+  assert json.load(open(tmp_path / "r.json"))["models"]["grpo"]["pass@1"] == 0.5
+
+
+def test_metrics_writer_and_plots(tmp_path, capsys):
+  w = MetricsWriter(str(tmp_path), tensorboard=True)
+  for s in range(1, 4):
+    w.write("grpo", s, {"reward": s / 10, "length": np.float32(5), "skipped": "text"})
+  w.close()
+  rows = w.read("grpo")
+  assert [r["reward"] for r in rows] == [0.1, 0.2, 0.3] and "skipped" not in rows[0]
+  assert list((tmp_path / "tensorboard").iterdir())
+  assert report_lib.plot_curves(rows, ["reward", "length"], str(tmp_path / "c.png"), "grpo")
+  assert (tmp_path / "c.png").stat().st_size > 1000
+  Progress("sft", total=20, every=10).update(10, {"loss": 1.5})
+  out = capsys.readouterr().out
+  assert "[sft] step 10/20 (50%) loss=1.5" in out and "ETA" in out
