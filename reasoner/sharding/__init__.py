@@ -3,4 +3,4 @@
 from reasoner.sharding.mesh import MESH_AXES, make_mesh, mesh_from_config, mesh_shape
 from reasoner.sharding.rules import (DEFAULT_RULES, batch_sharding, batch_spec, cache_shardings,
                                      logical_to_spec, param_shardings, replicated, shard_batch,
-                                     shard_params, sharded_init, tree_shardings)
+                                     shard_params, sharded_init, to_host, tree_shardings)

@@ -106,17 +106,24 @@ def batch_sharding(ndim: int, mesh: Mesh, rules: Rules = DEFAULT_RULES,
 def shard_batch(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES):
   """Places a pytree of host arrays [batch, ...] with the batch dim split over (data, fsdp).
 
-  On several hosts each process passes its local slice of the global batch.
+  Every process passes the same global host arrays (the pipeline builds batches
+  deterministically on each host); each device takes its own slice, so this works on one host
+  and on many.
   """
   def put(x):
     x = np.asarray(x)
-    if x.ndim == 0:
-      return jax.device_put(x, NamedSharding(mesh, P()))
-    if jax.process_count() > 1:
-      sharding = batch_sharding(x.ndim, mesh, rules)
-      return jax.make_array_from_process_local_data(sharding, x)
-    return jax.device_put(x, batch_sharding(x.ndim, mesh, rules, x.shape[0]))
+    sharding = (NamedSharding(mesh, P()) if x.ndim == 0
+                else batch_sharding(x.ndim, mesh, rules, x.shape[0]))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
   return jax.tree.map(put, batch)
+
+
+def to_host(x):
+  """Fetches a (possibly multi-host) global array to a NumPy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
