@@ -42,8 +42,8 @@ def main(process_id: int, n: int, port: int, workdir: str):
   cfg.log_every = 1
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, -1, 1
   texts = [p.prompt + " " + p.solution for p in mixture(["arithmetic"], "train", 300, 0, 1)]
-  tok = train_sentencepiece(texts, os.path.join(workdir, f"tok{process_id}"), vocab_size=128)
-  model_cfg = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+  tok = train_sentencepiece(texts, os.path.join(workdir, f"tok{process_id}"), vocab_size=384)
+  model_cfg = ModelConfig(vocab_size=384, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                           head_dim=8, d_ff=64, max_seq_len=128)
   mesh = sharding.make_mesh(2, -1, 1)
   params = sharding.sharded_init(model_cfg, jax.random.PRNGKey(0), mesh)

@@ -111,6 +111,8 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES):
   and on many.
   """
   def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x  # already a global array
     x = np.asarray(x)
     sharding = (NamedSharding(mesh, P()) if x.ndim == 0
                 else batch_sharding(x.ndim, mesh, rules, x.shape[0]))

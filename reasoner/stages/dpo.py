@@ -22,6 +22,7 @@ from reasoner.losses.sft import sft_loss
 from reasoner.pipeline.evaluate import check_completion
 from reasoner.rewards.format import format_reward
 from reasoner.sampling import SamplingConfig
+from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
@@ -73,7 +74,7 @@ def preference_accuracy(ctx: StageContext, params, pairs, seq_len: int) -> float
     chunk = pairs[i:i + 64]
     chunk = chunk + chunk[:1] * (64 - len(chunk))  # fixed shape: one compile
     c, r = fn(params, pair_batch(chunk, seq_len, ctx.tokenizer.pad_id))
-    wins.extend((np.asarray(c) > np.asarray(r))[:len(pairs[i:i + 64])].tolist())
+    wins.extend((to_host(c) > to_host(r))[:len(pairs[i:i + 64])].tolist())
   return float(np.mean(wins))
 
 
@@ -103,8 +104,8 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
     idx = np.resize(np.arange(i, min(i + cfg.batch_size, len(pairs))), cfg.batch_size)
     c, r = ref_fn(params, jax.tree.map(lambda x: x[idx], data))
     n = min(cfg.batch_size, len(pairs) - i)
-    ref_c.append(np.asarray(c)[:n])
-    ref_r.append(np.asarray(r)[:n])
+    ref_c.append(to_host(c)[:n])
+    ref_r.append(to_host(r)[:n])
   data["ref_chosen_logps"], data["ref_rejected_logps"] = np.concatenate(ref_c), np.concatenate(ref_r)
 
   replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),

@@ -18,6 +18,7 @@ from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.pipeline.evaluate import check_completion
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
+from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
@@ -55,9 +56,9 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
     batch = rollout_rows(ro.prompt_ids, ro.completion_ids, width, ctx.tokenizer.pad_id, ro.injected)
     batch["loss_mask"] *= keep[:, None].astype(np.float32)
     batch["advantages"] = adv.astype(np.float32)
-    batch["old_logprobs"] = np.asarray(logprob_fn(state.params, batch))
+    batch["old_logprobs"] = to_host(logprob_fn(state.params, batch))
     if ref_params is not None:
-      batch["ref_logprobs"] = np.asarray(logprob_fn(ref_params, batch))
+      batch["ref_logprobs"] = to_host(logprob_fn(ref_params, batch))
     metrics = {}
     if keep.any():
       mb = P * G // cfg.minibatches

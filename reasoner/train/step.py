@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reasoner.sharding import batch_spec
+from reasoner.sharding import batch_spec, shard_batch
 from reasoner.train.optim import learning_rate_of
 from reasoner.train.state import TrainState, train_state_shardings
 
@@ -86,7 +86,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     if key not in compiled:
       compiled[key] = jax.jit(fn, in_shardings=(state_sh[0], batch_shardings(batch, mesh), rep),
                               out_shardings=(state_sh[0], rep), donate_argnums=donate_argnums)
-    return compiled[key](state, batch, rng)
+    return compiled[key](state, shard_batch(batch, mesh), rng)
 
   return step
 
@@ -100,6 +100,6 @@ def make_eval_fn(fn: Callable[[Any, Any], Any], mesh: Optional[Mesh] = None):
     return jitted
 
   def run(params, batch):
-    return jitted(params, jax.device_put(batch, batch_shardings(batch, mesh)))
+    return jitted(params, shard_batch(batch, mesh))
 
   return run
