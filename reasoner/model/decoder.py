@@ -111,8 +111,12 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Optional[str] 
   }
 
 
-def _layer(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn):
-  """One pre-norm block. kv_fn(k, v) -> (keys, values, mask [b, t, s], extra carried out)."""
+def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn):
+  """One pre-norm block on h [b, t, D] with this layer's params `lp` (unstacked).
+
+  kv_fn(k, v) -> (keys, values, mask [b, t, s], extra carried out) turns the new keys / values
+  [b, t, K, Dh] into the ones attended to (e.g. through a KV cache). Returns (h, extra).
+  """
   dt = h.dtype
   x = L.rms_norm(h, lp["attn_norm"], cfg.norm_eps)
   q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dt))
@@ -162,8 +166,8 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
     mask = L.attention_mask(slots, segment_ids, slots, segment_ids)
 
     def body(h, lp):
-      fn = lambda h, lp: _layer(cfg, inv_freq, h, lp, positions,
-                                lambda k, v: (k, v, mask, None))
+      fn = lambda h, lp: block(cfg, inv_freq, h, lp, positions,
+                               lambda k, v: (k, v, mask, None))
       if cfg.remat:
         fn = jax.checkpoint(fn)
       h, _ = fn(h, lp)
@@ -187,7 +191,7 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
         nv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (li, zero, index, zero, zero))
         return nk[li].astype(dt), nv[li].astype(dt), mask, (nk, nv)
 
-      h, (ck, cv) = _layer(cfg, inv_freq, h, lp, positions, kv_fn)
+      h, (ck, cv) = block(cfg, inv_freq, h, lp, positions, kv_fn)
       return (h, ck, cv), None
 
     (h, ck, cv), _ = jax.lax.scan(body, (h, cache["k"], cache["v"]),

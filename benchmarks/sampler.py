@@ -1,0 +1,186 @@
+"""Sampler throughput: new tokens per second of `reasoner.sampling.generate` against Hugging Face
+`transformers` `generate` (torch, random weights, KV cache) on the same shapes in the same run.
+
+  python -m benchmarks.sampler [--quick] [--presets=tiny,mid] [--batches=1,64]
+      [--prompt_len=128] [--new_tokens=256] [--dtype=float32] [--no_torch]
+
+Both sides decode greedily for exactly `new_tokens` tokens per row (EOS disabled here, like
+`min_new_tokens` on the transformers side); the time is the whole call (prefill + decode) after a
+compile / warm-up call. Our decode-only time is reported too. On a GPU/TPU the batch-1 decode is
+compared with the memory-bandwidth roofline: (bytes of params + bytes of KV cache read per
+step) / (time per step), over the device's peak HBM bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasoner.model import get_config, init_params
+from reasoner.sampling import SamplingConfig, generate, prompt_arrays
+from reasoner.sampling import sampler as sampler_lib
+
+# Peak HBM bandwidth in bytes/s by `device_kind` substring (first match wins).
+PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100", 3.35e12), ("A100", 2.0e12), ("v5p", 2.76e12),
+                  ("v5 lite", 0.82e12), ("v5e", 0.82e12), ("v4", 1.2e12))
+
+
+def peak_bandwidth(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for name, bw in PEAK_BANDWIDTH:
+    if name.lower() in kind.lower():
+      return bw
+  return None
+
+
+def _time(fn, repeats: int) -> float:
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def bench_ours(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).tolist()
+  sc = SamplingConfig(max_new_tokens=new_tokens, greedy=True, prompt_buckets=(prompt_len,))
+  rng = jax.random.PRNGKey(1)
+  run = lambda: generate(params, cfg, prompts, sc, rng, pad_id=0, eos_id=-1)
+  t0 = time.perf_counter()
+  out = run()
+  compile_s = time.perf_counter() - t0
+  assert out.tokens.shape == (batch, new_tokens) and (out.lengths == new_tokens).all()
+  total = _time(run, repeats)
+
+  # Decode alone: the same compiled programs, prefill done outside the timer.
+  import json
+  cache_len = prompt_len + new_tokens
+  pre, dec = sampler_lib._programs(json.dumps(cfg.to_dict(), sort_keys=True), sc, 0, -1,
+                                   cache_len, None)
+  tok, pos, seg, _ = prompt_arrays(prompts, prompt_len)
+
+  def decode_only():
+    cache, logits, nxt = pre(params, tok, pos, seg)
+    jax.block_until_ready(cache)
+    t0 = time.perf_counter()
+    buf, cache = dec(params, cache, logits, nxt, rng)
+    jax.block_until_ready(buf.tokens)
+    return time.perf_counter() - t0
+
+  decode_s = min(decode_only() for _ in range(repeats))
+  return {"total_s": total, "decode_s": decode_s, "compile_s": compile_s,
+          "tok_s": batch * new_tokens / total}
+
+
+def hf_config(cfg):
+  from transformers import LlamaConfig
+  return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+                     intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
+                     num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+                     head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len,
+                     rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
+                     tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.qkv_bias,
+                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+
+
+def bench_torch(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int,
+                threads: int) -> dict:
+  import torch
+  from transformers import LlamaForCausalLM
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  model = LlamaForCausalLM(hf_config(cfg)).eval()
+  ids = torch.from_numpy(
+      np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int64))
+  mask = torch.ones_like(ids)
+
+  def run(n):
+    with torch.inference_mode():
+      out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                           min_new_tokens=n, use_cache=True, pad_token_id=0, eos_token_id=1)
+    assert out.shape == (batch, prompt_len + n), out.shape
+  run(2)  # warm-up
+  total = _time(lambda: run(new_tokens), repeats)
+  return {"total_s": total, "tok_s": batch * new_tokens / total, "threads": threads}
+
+
+def roofline(cfg, batch: int, prompt_len: int, new_tokens: int, decode_s: float) -> tuple:
+  """(achieved bytes/s, fraction of peak) of the decode: params + live KV cache per step."""
+  param_bytes = cfg.n_params * jnp.dtype(cfg.param_dtype).itemsize
+  kv_per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+  mean_slots = prompt_len + new_tokens / 2
+  step_bytes = param_bytes + batch * kv_per_slot * mean_slots
+  achieved = step_bytes * new_tokens / decode_s
+  peak = peak_bandwidth(jax.devices()[0])
+  return achieved, (achieved / peak if peak else None)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="tiny preset, small shapes (smoke run)")
+  ap.add_argument("--presets", default="tiny,mid")
+  ap.add_argument("--batches", default="1,64")
+  ap.add_argument("--prompt_len", type=int, default=128)
+  ap.add_argument("--new_tokens", type=int, default=256)
+  ap.add_argument("--dtype", default="float32", help="our compute/param dtype (torch stays fp32)")
+  ap.add_argument("--repeats", type=int, default=1)
+  ap.add_argument("--no_torch", action="store_true", help="skip the transformers side")
+  ap.add_argument("--torch_threads", default="",
+                  help="comma list of torch thread counts to try (best kept); default: all cores. "
+                       "On a loaded machine torch's OpenMP spin-waits make 1 thread much faster.")
+  args = ap.parse_args(argv)
+  presets = args.presets.split(",")
+  batches = [int(b) for b in args.batches.split(",")]
+  if args.quick:
+    presets, batches, args.prompt_len, args.new_tokens = ["tiny"], [1, 8], 32, 32
+  use_torch = not args.no_torch
+  if use_torch:
+    try:
+      import torch  # noqa: F401
+      import transformers  # noqa: F401
+    except ImportError:
+      print("torch / transformers not importable: skipping the transformers side")
+      use_torch = False
+  torch_threads = ([int(t) for t in args.torch_threads.split(",")] if args.torch_threads
+                   else [len(os.sched_getaffinity(0))])
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '?')}), "
+        f"{len(os.sched_getaffinity(0))} CPU cores; prompt {args.prompt_len}, "
+        f"{args.new_tokens} new tokens, greedy, dtype {args.dtype}")
+  header = (f"{'preset':<8}{'batch':>6}{'ours tok/s':>12}{'decode tok/s':>14}{'compile s':>11}"
+            f"{'hf tok/s':>11}{'ratio':>8}{'roofline':>10}")
+  print(header)
+  rows = []
+  for preset in presets:
+    cfg = get_config(preset, dtype=args.dtype, param_dtype=args.dtype,
+                     max_seq_len=max(args.prompt_len + args.new_tokens, 512))
+    for b in batches:
+      ours = bench_ours(cfg, b, args.prompt_len, args.new_tokens, args.repeats)
+      hf = None
+      for threads in (torch_threads if use_torch else []):
+        r = bench_torch(cfg.replace(dtype="float32", param_dtype="float32"), b, args.prompt_len,
+                        args.new_tokens, args.repeats, threads)
+        hf = r if hf is None or r["tok_s"] > hf["tok_s"] else hf
+      roof = "-"
+      if dev.platform != "cpu" and b == 1:
+        _, frac = roofline(cfg, b, args.prompt_len, args.new_tokens, ours["decode_s"])
+        roof = f"{frac:.1%}" if frac is not None else "?"
+      dec_tok_s = b * args.new_tokens / ours["decode_s"]
+      hf_s = f"{hf['tok_s']:.0f}/{hf['threads']}t" if hf else "-"
+      ratio = f"{ours['tok_s'] / hf['tok_s']:.2f}x" if hf else "-"
+      line = (f"{preset:<8}{b:>6}{ours['tok_s']:>12.0f}{dec_tok_s:>14.0f}{ours['compile_s']:>11.1f}"
+              f"{hf_s:>11}{ratio:>8}{roof:>10}")
+      print(line, flush=True)
+      rows.append(line)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

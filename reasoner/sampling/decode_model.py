@@ -1,0 +1,101 @@
+"""The decoder's one-token step over a sampler-owned KV cache laid out for fast reads.
+
+`decoder.forward` with a cache scans over stacked layers and a stacked [L, B, S, K, Dh] cache. In
+a decode loop that costs, per token, a copy of every layer's weights and cache slice (XLA
+materialises the slices a scan takes) plus a transposed copy of the cache (the attention
+contracts with kv heads ahead of slots). Here the weights are unstacked and cast to the compute
+dtype once per call, the layers are unrolled, and each layer's cache is its own [B, K, S, Dh]
+buffer that is updated in place and read by the attention without a copy. The block itself is
+`decoder.block`, so the numbers are those of `decoder.forward`.
+
+Decode cache: {"k", "v": tuple of n_layers arrays [B, K, S, Dh], "segment": [B, S] int32
+(0 = empty), "index": int32 scalar (the next slot)}.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from reasoner.model import decoder
+from reasoner.model import layers as L
+from reasoner.model.config import ModelConfig
+
+
+def prepare_params(params, cfg: ModelConfig) -> dict:
+  """Unstacked per-layer weights (a list of dicts) and the global ones, in cfg.dtype."""
+  dt = jnp.dtype(cfg.dtype)
+  layers = [jax.tree.map(lambda x: x[i].astype(dt), params["layers"]) for i in range(cfg.n_layers)]
+  out = {k: v.astype(dt) for k, v in params.items() if k != "layers"}
+  out["layers"] = layers
+  return out
+
+
+def project_logits(params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """The decoder's output projection of final hidden states [b, t, D] -> float32 [b, t, V]."""
+  dt = jnp.dtype(cfg.dtype)
+  if cfg.tie_embeddings:
+    logits = jnp.einsum("btd,vd->btv", hidden, params["embed"].astype(dt))
+  else:
+    logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt))
+  return logits.astype(jnp.float32)
+
+
+def from_stacked(cache, n: int, cache_len: int) -> dict:
+  """A `decoder.init_cache`-style cache of b rows and P slots -> a decode cache of b*n rows
+  (each row repeated n times, prompt-major) and cache_len slots (empty beyond P)."""
+  p = cache["segment"].shape[1]
+
+  def grow(x, b_axis, s_axis):
+    if n > 1:
+      x = jnp.repeat(x, n, axis=b_axis)
+    pad = [(0, 0)] * x.ndim
+    pad[s_axis] = (0, cache_len - p)
+    return jnp.pad(x, pad)
+
+  per_layer = lambda c: tuple(grow(jnp.swapaxes(c[i], 1, 2), 0, 2) for i in range(c.shape[0]))
+  return {"k": per_layer(cache["k"]), "v": per_layer(cache["v"]),
+          "segment": grow(cache["segment"], 0, 1), "index": cache["index"]}
+
+
+def cache_shardings(cache, mesh):
+  """NamedShardings of a decode cache: rows over the batch axes, kv heads over `tensor`."""
+  from jax.sharding import NamedSharding
+  from reasoner import sharding
+  spec = lambda logical, x: NamedSharding(mesh, sharding.logical_to_spec(logical, mesh,
+                                                                         shape=x.shape))
+  kv = lambda xs: tuple(spec(("batch", "kv_heads", "cache_seq", "head_dim"), x) for x in xs)
+  return {"k": kv(cache["k"]), "v": kv(cache["v"]),
+          "segment": spec(("batch", "cache_seq"), cache["segment"]),
+          "index": NamedSharding(mesh, jax.sharding.PartitionSpec())}
+
+
+def step(dparams, cache, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig):
+  """Feeds one token per row. tokens, positions: [B]. Returns (logits [B, V] float32, cache)."""
+  dt = jnp.dtype(cfg.dtype)
+  b = tokens.shape[0]
+  index = cache["index"]
+  s = cache["segment"].shape[1]
+  zero = jnp.zeros((), jnp.int32)
+  segment = jax.lax.dynamic_update_slice(cache["segment"], jnp.ones((b, 1), jnp.int32), (zero, index))
+  mask = L.attention_mask(index + jnp.arange(1), jnp.ones((b, 1), jnp.int32), jnp.arange(s), segment)
+  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  h = dparams["embed"][tokens[:, None]]
+  new_k, new_v = [], []
+  for li, lp in enumerate(dparams["layers"]):
+    ck, cv = cache["k"][li], cache["v"][li]
+
+    def kv_fn(k, v, ck=ck, cv=cv):  # k, v: [B, 1, K, Dh]
+      nk = jax.lax.dynamic_update_slice(ck, jnp.swapaxes(k, 1, 2).astype(ck.dtype),
+                                        (zero, zero, index, zero))
+      nv = jax.lax.dynamic_update_slice(cv, jnp.swapaxes(v, 1, 2).astype(cv.dtype),
+                                        (zero, zero, index, zero))
+      return (jnp.swapaxes(nk, 1, 2).astype(dt), jnp.swapaxes(nv, 1, 2).astype(dt), mask,
+              (nk, nv))
+
+    h, (nk, nv) = decoder.block(cfg, inv_freq, h, lp, positions[:, None], kv_fn)
+    new_k.append(nk)
+    new_v.append(nv)
+  h = L.rms_norm(h, dparams["final_norm"], cfg.norm_eps)
+  logits = project_logits(dparams, h, cfg)[:, 0]
+  return logits, {"k": tuple(new_k), "v": tuple(new_v), "segment": segment, "index": index + 1}
