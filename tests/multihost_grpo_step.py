@@ -39,6 +39,9 @@ def main(process_id: int, n: int, port: int, workdir: str):
   cfg.grpo.dynamic_sampling = False
   cfg.grpo.reward.l_cost = 1.0
   cfg.grpo.reward.cost_per_token = 0.01
+  # A random model rarely stops early, so all lengths (and rewards) may tie; weight decay makes
+  # the update non-zero regardless, so the processes' agreement on it is a real check.
+  cfg.grpo.optim.weight_decay = 0.1
   cfg.log_every = 1
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, -1, 1
   texts = [p.prompt + " " + p.solution for p in mixture(["arithmetic"], "train", 300, 0, 1)]

@@ -41,3 +41,4 @@ def test_two_process_grpo_step(tmp_path):
   assert results[0]["param_delta"] == pytest.approx(results[1]["param_delta"], rel=1e-6)
   assert results[0]["reward"] == results[1]["reward"]
   assert results[0]["param_delta"] > 0
+  assert results[0]["loss"] is not None and abs(results[0]["loss"]) < 1e3
