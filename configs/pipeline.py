@@ -92,7 +92,7 @@ def tiny() -> ConfigDict:
   c.dpo.loss_type = "sigmoid"
   c.dpo.label_smoothing = 0.0
   c.dpo.replay_weight = 0.5  # weight of the SFT loss on replayed earlier data
-  c.dpo.optim = _optim(2e-4, 60, warmup=5, schedule="constant")
+  c.dpo.optim = _optim(2e-5, 60, warmup=5, schedule="constant")
 
   c.eval = ConfigDict(dict(n_problems=256, k=4, temperature=1.0, max_new_tokens=64, batch_size=256))
   c.log_every = 10
