@@ -173,6 +173,21 @@ def test_model_dir_without_mesh_and_overwrite(tmp_path):
   assert got["embed"].sharding.device_set == {jax.local_devices()[0]}
 
 
+def test_relative_paths_work(tmp_path, monkeypatch, state):
+  # The README runs with --workdir=runs/tiny: checkpoints and model dirs under a relative path.
+  params, opt_state = state
+  monkeypatch.chdir(tmp_path)
+  mgr = CheckpointManager(os.path.join("rel", "ckpt"), async_save=False)
+  assert mgr.save(3, params, opt_state)
+  got = mgr.restore(params_target=_abstract(params), opt_state_target=_abstract(opt_state))
+  mgr.close()
+  _assert_equal(got["params"], params)
+  assert os.path.isdir(tmp_path / "rel" / "ckpt" / "3")
+  save_model(os.path.join("rel", "model"), params, CFG)
+  loaded, _, _, _ = load_model(os.path.join("rel", "model"))
+  _assert_equal(loaded, params)
+
+
 def test_model_dir_failed_save_leaves_old_model(tmp_path, monkeypatch):
   import orbax.checkpoint as ocp
   p1 = init_params(CFG, jax.random.PRNGKey(1))

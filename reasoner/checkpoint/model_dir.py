@@ -22,6 +22,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from reasoner.model import decoder
 from reasoner.model.config import ModelConfig
+from reasoner.checkpoint.orbax_checkpoint import checkpoint_path
 
 CONFIG_FILE = "model_config.json"
 METADATA_FILE = "metadata.json"
@@ -52,7 +53,7 @@ def _shared_token() -> str:
 def save_model(directory, params: Any, model_cfg: ModelConfig, tokenizer=None,
                metadata: Optional[dict] = None) -> None:
   """Writes a model directory atomically (replacing an existing one). Every process calls it."""
-  final = epath.Path(directory)
+  final = checkpoint_path(directory)
   tmp = final.parent / f"{final.name}.tmp-{_shared_token()}"
   primary = jax.process_index() == 0
   if primary:
@@ -81,7 +82,7 @@ def save_model(directory, params: Any, model_cfg: ModelConfig, tokenizer=None,
 
 
 def read_model_config(directory) -> ModelConfig:
-  d = epath.Path(directory)
+  d = checkpoint_path(directory)
   if not d.is_dir():
     raise FileNotFoundError(f"model directory {d} does not exist")
   path = d / CONFIG_FILE
@@ -123,7 +124,7 @@ def load_model(directory, mesh: Optional[Mesh] = None, rules=None):
   from reasoner import sharding
   from reasoner.tokenizer import load_tokenizer
 
-  d = epath.Path(directory)
+  d = checkpoint_path(directory)
   cfg = read_model_config(d)
   params_dir = d / PARAMS_DIR
   if not params_dir.exists():

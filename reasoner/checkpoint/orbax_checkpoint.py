@@ -9,6 +9,7 @@ Sharded arrays are saved shard by shard from every process; restoring onto
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import jax
@@ -16,6 +17,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 _ITEMS = ("params", "opt_state", "rng")
+
+
+def checkpoint_path(directory) -> epath.Path:
+  """`directory` as an epath.Path Orbax accepts: local paths made absolute, URLs (gs://) kept."""
+  text = str(directory)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def _is_typed_key(rng) -> bool:
@@ -26,7 +33,7 @@ class CheckpointManager:
   """Keeps the last `max_to_keep` steps under `directory`."""
 
   def __init__(self, directory, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = checkpoint_path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save)
