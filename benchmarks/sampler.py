@@ -91,29 +91,38 @@ def hf_config(cfg):
 
 
 def bench_torch(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int,
-                threads: int) -> dict:
+                threads: int, device: str = "cpu") -> dict:
+  """transformers LlamaForCausalLM.generate, greedy, KV cache, exactly `new_tokens` per row."""
   import torch
   from transformers import LlamaForCausalLM
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = LlamaForCausalLM(hf_config(cfg)).eval()
+  model = LlamaForCausalLM(hf_config(cfg)).eval().to(device)
   ids = torch.from_numpy(
       np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int64))
+  ids = ids.to(device)
   mask = torch.ones_like(ids)
 
   def run(n):
     with torch.inference_mode():
       out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
                            min_new_tokens=n, use_cache=True, pad_token_id=0, eos_token_id=1)
+    if device != "cpu":
+      torch.cuda.synchronize()
     assert out.shape == (batch, prompt_len + n), out.shape
   run(2)  # warm-up
   total = _time(lambda: run(new_tokens), repeats)
-  return {"total_s": total, "tok_s": batch * new_tokens / total, "threads": threads}
+  first = _time(lambda: run(1), repeats)  # prefill + one token
+  return {"total_s": total, "tok_s": batch * new_tokens / total, "threads": threads,
+          "decode_tok_s": batch * (new_tokens - 1) / max(total - first, 1e-9)}
 
 
 def roofline(cfg, batch: int, prompt_len: int, new_tokens: int, decode_s: float) -> tuple:
   """(achieved bytes/s, fraction of peak) of the decode: params + live KV cache per step."""
-  param_bytes = cfg.n_params * jnp.dtype(cfg.param_dtype).itemsize
+  # The decode reads every weight once per step in the compute dtype (they are cast once per
+  # call), except the input embedding table when it is not tied (only B rows are gathered).
+  read_params = cfg.n_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+  param_bytes = read_params * jnp.dtype(cfg.dtype).itemsize
   kv_per_slot = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
   mean_slots = prompt_len + new_tokens / 2
   step_bytes = param_bytes + batch * kv_per_slot * mean_slots
@@ -132,6 +141,7 @@ def main(argv=None):
   ap.add_argument("--dtype", default="float32", help="our compute/param dtype (torch stays fp32)")
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--no_torch", action="store_true", help="skip the transformers side")
+  ap.add_argument("--torch_device", default="cpu", help="cpu or cuda (transformers side)")
   ap.add_argument("--torch_threads", default="",
                   help="comma list of torch thread counts to try (best kept); default: all cores. "
                        "On a loaded machine torch's OpenMP spin-waits make 1 thread much faster.")
@@ -155,7 +165,7 @@ def main(argv=None):
         f"{len(os.sched_getaffinity(0))} CPU cores; prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, greedy, dtype {args.dtype}")
   header = (f"{'preset':<8}{'batch':>6}{'ours tok/s':>12}{'decode tok/s':>14}{'compile s':>11}"
-            f"{'hf tok/s':>11}{'ratio':>8}{'roofline':>10}")
+            f"{'hf tok/s':>14}{'hf decode':>11}{'ratio':>8}{'roofline':>10}")
   print(header)
   rows = []
   for preset in presets:
@@ -166,17 +176,18 @@ def main(argv=None):
       hf = None
       for threads in (torch_threads if use_torch else []):
         r = bench_torch(cfg.replace(dtype="float32", param_dtype="float32"), b, args.prompt_len,
-                        args.new_tokens, args.repeats, threads)
+                        args.new_tokens, args.repeats, threads, args.torch_device)
         hf = r if hf is None or r["tok_s"] > hf["tok_s"] else hf
       roof = "-"
       if dev.platform != "cpu" and b == 1:
         _, frac = roofline(cfg, b, args.prompt_len, args.new_tokens, ours["decode_s"])
         roof = f"{frac:.1%}" if frac is not None else "?"
       dec_tok_s = b * args.new_tokens / ours["decode_s"]
-      hf_s = f"{hf['tok_s']:.0f}/{hf['threads']}t" if hf else "-"
+      hf_s = f"{hf['tok_s']:.0f} ({hf['threads']}t)" if hf else "-"
+      hf_dec = f"{hf['decode_tok_s']:.0f}" if hf else "-"
       ratio = f"{ours['tok_s'] / hf['tok_s']:.2f}x" if hf else "-"
       line = (f"{preset:<8}{b:>6}{ours['tok_s']:>12.0f}{dec_tok_s:>14.0f}{ours['compile_s']:>11.1f}"
-              f"{hf_s:>11}{ratio:>8}{roof:>10}")
+              f"{hf_s:>14}{hf_dec:>11}{ratio:>8}{roof:>10}")
       print(line, flush=True)
       rows.append(line)
   return rows

@@ -11,8 +11,10 @@ import pytest
 
 from reasoner import sharding
 from reasoner.model import ModelConfig, forward, init_params
+from reasoner.model import layers as L
 from reasoner.sampling import (TRACE_COUNT, SamplingConfig, bucket, filter_logits, generate,
                                prompt_arrays, sample, select_next)
+from reasoner.sampling import decode_model
 from reasoner.sampling import sampler as sampler_lib
 from reasoner.sampling.step import init_buffers
 
@@ -261,13 +263,23 @@ def test_budget_forcing_step_function_on_hand_made_logits():
 
 
 def test_no_retrace_within_a_bucket(params):
-  sc = dict(greedy=True, max_new_tokens=5)
-  run(params, [[3, 4, 5, 6, 7], [8, 9]], **sc)
+  run(params, [[3, 4, 5, 6, 7], [8, 9], [10]], greedy=True)
   before = dict(TRACE_COUNT)
-  run(params, [list(range(2, 11)), [8]], **sc)  # other lengths, same bucket and batch
+  run(params, [list(range(2, 11)), [8], [4, 5]], greedy=True)  # other lengths, same bucket
   assert TRACE_COUNT == before
-  run(params, [list(range(2, 42)), [8]], **sc)  # next bucket: traced anew
+  run(params, [list(range(2, 42)), [8], [4, 5]], greedy=True)  # next bucket: traced anew
   assert TRACE_COUNT["prefill"] == before["prefill"] + 1
+
+
+def test_cached_attention_equals_gqa_attention():
+  kq, kk, kv, km = jax.random.split(jax.random.PRNGKey(4), 4)
+  q = jax.random.normal(kq, (3, 1, 4, 8))
+  k = jax.random.normal(kk, (3, 10, 2, 8))
+  v = jax.random.normal(kv, (3, 10, 2, 8))
+  mask = jax.random.bernoulli(km, 0.6, (3, 1, 10)).at[:, :, 0].set(True)
+  want = L.gqa_attention(q, k, v, mask)
+  got = decode_model.cached_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+  np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_decode_donates_the_cache(params):

@@ -111,11 +111,12 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Optional[str] 
   }
 
 
-def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn):
+def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_attention):
   """One pre-norm block on h [b, t, D] with this layer's params `lp` (unstacked).
 
   kv_fn(k, v) -> (keys, values, mask [b, t, s], extra carried out) turns the new keys / values
-  [b, t, K, Dh] into the ones attended to (e.g. through a KV cache). Returns (h, extra).
+  [b, t, K, Dh] into the ones attended to (e.g. through a KV cache); `attention(q, keys, values,
+  mask)` -> [b, t, H, Dh] must accept the layout kv_fn returns. Returns (h, extra).
   """
   dt = h.dtype
   x = L.rms_norm(h, lp["attn_norm"], cfg.norm_eps)
@@ -127,7 +128,7 @@ def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn):
   q = L.apply_rope(q, positions, inv_freq)
   k = L.apply_rope(k, positions, inv_freq)
   keys, values, mask, extra = kv_fn(k, v)
-  attn = L.gqa_attention(q, keys, values, mask)
+  attn = attention(q, keys, values, mask)
   h = h + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(dt))
   x = L.rms_norm(h, lp["mlp_norm"], cfg.norm_eps)
   h = h + L.swiglu(x, lp["w_gate"].astype(dt), lp["w_up"].astype(dt), lp["w_down"].astype(dt))

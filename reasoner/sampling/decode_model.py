@@ -6,13 +6,16 @@ materialises the slices a scan takes) plus a transposed copy of the cache (the a
 contracts with kv heads ahead of slots). Here the weights are unstacked and cast to the compute
 dtype once per call, the layers are unrolled, and each layer's cache is its own [B, K, S, Dh]
 buffer that is updated in place and read by the attention without a copy. The block itself is
-`decoder.block`, so the numbers are those of `decoder.forward`.
+`decoder.block` (with `cached_attention`, the same attention contracted in the cache's layout),
+so the numbers are those of `decoder.forward` up to float summation order.
 
 Decode cache: {"k", "v": tuple of n_layers arrays [B, K, S, Dh], "segment": [B, S] int32
 (0 = empty), "index": int32 scalar (the next slot)}.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +73,26 @@ def cache_shardings(cache, mesh):
           "index": NamedSharding(mesh, jax.sharding.PartitionSpec())}
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`layers.gqa_attention` for one query per row against a cache in its own layout.
+
+  q: [b, 1, H, Dh]; k, v: [b, K, S, Dh]; mask: [b, 1, S] bool. Returns [b, 1, H, Dh].
+  Contracting in the cache's layout (and without the unit query axis) lets XLA read the cache
+  in place; on CPU this is ~1.5x faster per step than the generic form.
+  """
+  b, t, h, d = q.shape
+  kv = k.shape[1]
+  if t != 1:
+    raise ValueError(f"cached_attention takes one query per row, got {t}")
+  q = q.reshape(b, kv, h // kv, d)
+  scores = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(d)
+  scores = jnp.where(mask[:, 0, None, None, :], scores, L.MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgs,bksd->bkgd", probs, v)
+  return out.reshape(b, 1, h, d)
+
+
 def step(dparams, cache, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig):
   """Feeds one token per row. tokens, positions: [B]. Returns (logits [B, V] float32, cache)."""
   dt = jnp.dtype(cfg.dtype)
@@ -85,15 +108,15 @@ def step(dparams, cache, tokens: jax.Array, positions: jax.Array, cfg: ModelConf
   for li, lp in enumerate(dparams["layers"]):
     ck, cv = cache["k"][li], cache["v"][li]
 
-    def kv_fn(k, v, ck=ck, cv=cv):  # k, v: [B, 1, K, Dh]
+    def kv_fn(k, v, ck=ck, cv=cv):  # k, v: [B, 1, K, Dh] -> cache layout [B, K, S, Dh]
       nk = jax.lax.dynamic_update_slice(ck, jnp.swapaxes(k, 1, 2).astype(ck.dtype),
                                         (zero, zero, index, zero))
       nv = jax.lax.dynamic_update_slice(cv, jnp.swapaxes(v, 1, 2).astype(cv.dtype),
                                         (zero, zero, index, zero))
-      return (jnp.swapaxes(nk, 1, 2).astype(dt), jnp.swapaxes(nv, 1, 2).astype(dt), mask,
-              (nk, nv))
+      return nk.astype(dt), nv.astype(dt), mask, (nk, nv)
 
-    h, (nk, nv) = decoder.block(cfg, inv_freq, h, lp, positions[:, None], kv_fn)
+    h, (nk, nv) = decoder.block(cfg, inv_freq, h, lp, positions[:, None], kv_fn,
+                                attention=cached_attention)
     new_k.append(nk)
     new_v.append(nv)
   h = L.rms_norm(h, dparams["final_norm"], cfg.norm_eps)
