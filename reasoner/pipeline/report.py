@@ -50,10 +50,11 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: 
   series = {k: v for k, v in series.items() if v}
   if not series:
     return False
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2), squeeze=False)
+  # A bare Figure (no pyplot): the caller's matplotlib backend, e.g. a notebook's inline one,
+  # is left alone.
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(4.5 * len(series), 3.2))
+  axes = fig.subplots(1, len(series), squeeze=False)
   for ax, (k, pts) in zip(axes[0], series.items()):
     xs, ys = zip(*pts)
     ax.plot(xs, ys)
@@ -63,5 +64,4 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: 
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  plt.close(fig)
   return True

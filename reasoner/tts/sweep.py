@@ -72,14 +72,14 @@ _BUDGET_LABELS = {"cap": "cap (forced </think>)", "force": "exact budget (Wait e
 def plot_scaling(n_curves: Optional[dict], budget_curves: Optional[dict], path: str,
                  title: str = "") -> None:
   """Writes a PNG: accuracy vs N (log2 axis) and accuracy vs thinking budget, side by side."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A bare Figure (no pyplot): the caller's matplotlib backend is left alone.
+  from matplotlib.figure import Figure
 
   panels = [c for c in (n_curves, budget_curves) if c]
   if not panels:
     raise ValueError("plot_scaling needs at least one of n_curves / budget_curves")
-  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+  fig = Figure(figsize=(6 * len(panels), 4.2))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   axes = list(axes[0])
   if n_curves:
     ax = axes.pop(0)
@@ -113,5 +113,4 @@ def plot_scaling(n_curves: Optional[dict], budget_curves: Optional[dict], path: 
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   fig.savefig(tmp, dpi=120, format="png")
-  plt.close(fig)
   os.replace(tmp, path)
