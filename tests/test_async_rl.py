@@ -119,6 +119,7 @@ def test_actor_respects_the_staleness_bound_under_random_timing(max_staleness, f
   donate = jax.jit(lambda p: jax.tree.map(lambda x: x + 1, p), donate_argnums=0)
   params = {"v": jnp.asarray(first), "w": jnp.full((4,), float(first))}
   actor = PolicyActor(produce, max_staleness, poll_s=0.005)
+  t0 = time.perf_counter()
   actor.start(params, first, end)
   seen = []
   try:
@@ -132,6 +133,9 @@ def test_actor_respects_the_staleness_bound_under_random_timing(max_staleness, f
       actor.publish(step + 1, params)
   finally:
     actor.close()
+  elapsed = time.perf_counter() - t0
+  busy, blocked = actor.clock()  # the thread's time accounting adds up
+  assert busy >= delays[0, first:end].sum() and busy + blocked <= elapsed
   for step, version, v_in_snapshot, w_sum in seen:
     assert version == max(step - max_staleness, first)  # the version the schedule promises
     assert 0 <= step - version <= max_staleness

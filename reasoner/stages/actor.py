@@ -31,7 +31,6 @@ class ActorOutput:
   version: int  # the policy version that produced `data`
   data: Any
   busy_s: float  # actor time spent producing it
-  wait_s: float  # actor time blocked since its previous output (queue full, version not out)
   learner_wait_s: float = 0.0  # learner time blocked in `get` for it
 
 
@@ -63,6 +62,9 @@ class PolicyActor:
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None
     self._first = self._end = 0
+    self._clock_lock = threading.Lock()
+    self._clock = {"busy": 0.0, "blocked": 0.0}
+    self._state, self._since = "idle", time.perf_counter()
 
   @property
   def started(self) -> bool:
@@ -108,6 +110,15 @@ class PolicyActor:
     out.learner_wait_s = time.perf_counter() - t0
     return out
 
+  def clock(self) -> tuple[float, float]:
+    """(busy, blocked) seconds of the actor thread so far, the current stretch included: busy
+    producing, blocked waiting for its policy version or for room in the queue."""
+    with self._clock_lock:
+      total = dict(self._clock)
+      if self._state in total:
+        total[self._state] += time.perf_counter() - self._since
+    return total["busy"], total["blocked"]
+
   def close(self):
     """Stops the thread (after the output it is producing) and drops its snapshots."""
     self._stop.set()
@@ -121,6 +132,13 @@ class PolicyActor:
     self._snapshots = {}
 
   # ---- the actor thread ------------------------------------------------------------------------
+  def _enter(self, state: str):
+    with self._clock_lock:
+      now = time.perf_counter()
+      if self._state in self._clock:
+        self._clock[self._state] += now - self._since
+      self._state, self._since = state, now
+
   def _drain(self):
     try:
       while True:
@@ -139,10 +157,10 @@ class PolicyActor:
 
   def _run(self):
     step = self._first
-    last = time.perf_counter()
     try:
       for step in range(self._first, self._end):
         version = self.version_for(step)
+        self._enter("blocked")
         with self._cond:
           while version not in self._snapshots and not self._stop.is_set():
             self._cond.wait(self._poll)
@@ -151,12 +169,15 @@ class PolicyActor:
           params = self._snapshots[version]
           for old in [v for v in self._snapshots if v < version]:
             del self._snapshots[old]
+        self._enter("busy")
         t0 = time.perf_counter()
         data = self._produce(params, step)
         del params
-        t1 = time.perf_counter()
-        if not self._put(ActorOutput(step, version, data, busy_s=t1 - t0, wait_s=t0 - last)):
+        busy = time.perf_counter() - t0
+        self._enter("blocked")
+        if not self._put(ActorOutput(step, version, data, busy_s=busy)):
           return
-        last = t1
     except BaseException as e:  # handed to the learner, which re-raises it
       self._put(_Failure(step, e))
+    finally:
+      self._enter("idle")

@@ -83,8 +83,9 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
     state, metrics = learn(state, out.data, step, rng_step,
                            None if lag == 0 else out.data.behaviour_logprobs)
     actor.publish(step + 1, state.params)
+    busy, blocked = actor.clock()
     metrics.update({"async/staleness": float(lag), "time/learner_wait_s": out.learner_wait_s,
-                    "time/actor_wait_s": out.wait_s})
+                    "time/actor_busy_total_s": busy, "time/actor_blocked_total_s": blocked})
     return state, metrics
 
   try:
