@@ -2,7 +2,6 @@
 bound under random timing, and the stage end to end (equal to the synchronous stage at
 max_staleness 0, resumable, on a split mesh)."""
 
-import os
 import threading
 import time
 
