@@ -69,6 +69,10 @@ def tiny() -> ConfigDict:
                                   l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
                                   overlong_buffer=0))
   c.grpo.optim = _optim(5e-5, 60, warmup=5, schedule="constant")
+  # Actor-learner mode (reasoner/stages/async_grpo.py): rollouts for step t+1 overlap training
+  # on step t, sampled at most max_staleness policy versions back, importance weights truncated
+  # at is_clip; actor_devices > 0 gives the actor that many devices of the mesh of its own.
+  c.grpo.async_rl = ConfigDict(dict(enabled=False, max_staleness=1, is_clip=2.0, actor_devices=0))
 
   c.distill = ConfigDict()
   c.distill.n_problems = 1200

@@ -121,12 +121,14 @@ def aggregate(token_loss: jax.Array, mask: jax.Array, loss_agg: str,
 
 def grpo_objective(logp: jax.Array, old_logp: Optional[jax.Array], ref_logp: Optional[jax.Array],
                    advantages: jax.Array, mask: jax.Array, config: GRPOConfig,
-                   entropy: Optional[jax.Array] = None):
+                   entropy: Optional[jax.Array] = None, pg_weights: Optional[jax.Array] = None):
   """The GRPO loss from per-token log-probs (the model-free core).
 
   logp: [b, t] under the current policy (differentiated); old_logp: [b, t] from the policy
   that sampled (None: on-policy, ratio 1); ref_logp: [b, t] under the frozen reference (may
-  be None when beta == 0); advantages: [b]; mask: [b, t] response tokens.
+  be None when beta == 0); advantages: [b]; mask: [b, t] response tokens; pg_weights: optional
+  [b, t] constant weights on the clipped policy-gradient term (the truncated importance weights
+  of `reasoner.losses.off_policy`; the KL term is not weighted).
   Returns (loss, metrics).
   """
   mask = mask.astype(jnp.float32)
@@ -137,6 +139,8 @@ def grpo_objective(logp: jax.Array, old_logp: Optional[jax.Array], ref_logp: Opt
   adv = advantages.astype(jnp.float32)[:, None]
   lo, hi = 1.0 - config.epsilon_low, 1.0 + config.epsilon_high
   pg = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, lo, hi))
+  if pg_weights is not None:
+    pg = pg * jax.lax.stop_gradient(pg_weights.astype(jnp.float32))
   if config.beta > 0:
     if ref_logp is None:
       raise ValueError("GRPO with beta > 0 needs ref_logprobs (or set beta=0)")

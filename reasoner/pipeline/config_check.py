@@ -57,6 +57,7 @@ def validate_config(cfg) -> None:
     raise ValueError("config.grpo.minibatches must divide prompts_per_step * group_size")
   if not 0 <= cfg.grpo.loss.epsilon_low < 1 or cfg.grpo.loss.epsilon_high < 0:
     raise ValueError("config.grpo.loss.epsilon_low must be in [0, 1) and epsilon_high >= 0")
+  _check_async_rl(cfg.grpo.async_rl)
   if cfg.data.source == "procedural":
     tasks = [t.strip() for t in cfg.data.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
@@ -68,3 +69,12 @@ def validate_config(cfg) -> None:
     raise ValueError("config.init must be 'pretrain' or the path of a model directory / Hugging Face folder")
   model = {k: v for k, v in cfg.model.to_dict().items() if k != "preset"}
   ModelConfig.from_dict(model)  # unknown or inconsistent model fields raise here
+
+
+def _check_async_rl(a) -> None:
+  for key in ("max_staleness", "actor_devices"):
+    if a[key] < 0:
+      raise ValueError(f"config.grpo.async_rl.{key} must be >= 0, got {a[key]}")
+  if not a.is_clip >= 1.0:
+    raise ValueError(f"config.grpo.async_rl.is_clip must be >= 1 (the importance weight's "
+                     f"truncation; 1 never up-weights a token), got {a.is_clip}")

@@ -193,6 +193,9 @@ class Pipeline:
     if name == "sft":
       from reasoner.stages.sft import run_sft
       return run_sft(self.ctx, params, rng)
+    if name == "grpo" and self.cfg.grpo.async_rl.enabled:
+      from reasoner.stages.async_grpo import run_async_grpo
+      return run_async_grpo(self.ctx, params, rng)
     if name == "grpo":
       from reasoner.stages.grpo import run_grpo
       return run_grpo(self.ctx, params, rng)

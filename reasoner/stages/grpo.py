@@ -4,11 +4,18 @@ One step: sample G completions for each of P training prompts with the current p
 them (accuracy + format), turn rewards into group-normalised advantages, then run `epochs`
 passes of PPO-clip minibatch updates against the log-probs the policy had when sampling, with an
 optional KL penalty to the frozen starting model.
+
+A step is two halves that the asynchronous mode (`reasoner.stages.async_grpo`) runs on different
+threads: `make_collect` (sample, score, lay out rows: the actor's half, a function of the params
+it is given) and `make_learn` (recompute old / reference log-probs, update: the learner's half).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -29,38 +36,74 @@ def grpo_config(cfg) -> GRPOConfig:
   return GRPOConfig(**cfg.loss.to_dict())
 
 
-def run_grpo(ctx: StageContext, params, rng: jax.Array):
+@dataclasses.dataclass
+class GRPOBatch:
+  """One step's scored rollouts, laid out as training rows."""
+  rows: dict  # tokens / positions / segment_ids / loss_mask (dropped groups zeroed) / advantages
+  behaviour_logprobs: np.ndarray  # [rows, t] the sampling policy's per-token log-probs
+  metrics: dict  # rewards, response length, groups kept, done rate, rollout time
+  any_kept: bool  # some group has a non-zero advantage
+
+
+def make_collect(ctx: StageContext):
+  """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`."""
   cfg = ctx.config.grpo
-  loss_cfg = grpo_config(cfg)
+  scale_by_std = grpo_config(cfg).scale_by_std
   P, G = cfg.prompts_per_step, cfg.group_size
-  optimizer = make_optimizer(cfg.optim)
-  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  loss_fn = functools.partial(grpo_loss, model_cfg=ctx.model_cfg, config=loss_cfg)
-  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b)[0], mesh=ctx.mesh)
-  ref_params = params if loss_cfg.beta > 0 else None
   sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, n=G)
 
-  def step_fn(state, step, rng):
+  def collect(params, step: int, rng: jax.Array) -> GRPOBatch:
+    t0 = time.perf_counter()
     problems = ctx.problems("train", P, "grpo", step)
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
-    ro = sample_rollouts(state.params, ctx, prompts, sampling, jax.random.fold_in(rng, 0))
+    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, 0))
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
                                      cfg.reward, task_checker=check_completion)
-    adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=loss_cfg.scale_by_std))
+    adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
     keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if cfg.dynamic_sampling
             else np.ones(P * G, bool))
     width = max(len(p) for p in prompts) + cfg.max_new_tokens
     width = -(-width // 32) * 32  # bucket the row length so the step compiles a handful of times
-    batch = rollout_rows(ro.prompt_ids, ro.completion_ids, width, ctx.tokenizer.pad_id, ro.injected)
-    batch["loss_mask"] *= keep[:, None].astype(np.float32)
-    batch["advantages"] = adv.astype(np.float32)
+    rows = rollout_rows(ro.prompt_ids, ro.completion_ids, width, ctx.tokenizer.pad_id, ro.injected,
+                        logprobs=ro.logprobs)
+    behaviour = rows.pop("behaviour_logprobs")
+    rows["loss_mask"] *= keep[:, None].astype(np.float32)
+    rows["advantages"] = adv.astype(np.float32)
+    metrics = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
+    metrics.update(reward=float(np.mean(rewards)), response_length=float(ro.lengths.mean()),
+                   groups_kept=float(keep.reshape(P, G)[:, 0].mean()), done_rate=float(ro.done.mean()),
+                   **{"time/rollout_s": time.perf_counter() - t0})
+    return GRPOBatch(rows, behaviour, metrics, bool(keep.any()))
+
+  return collect
+
+
+def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_policy: bool = False):
+  """learn(state, batch, step, rng, behaviour_logprobs=None) -> (state, metrics).
+
+  Recomputes the old (proximal) log-probs with the training forward, so the first-epoch ratio
+  is exactly 1, then runs the epochs x minibatches updates. With `off_policy` the loss also gets
+  behaviour_logprobs: the given ones, or the proximal ones when None (the rows were sampled by
+  the very params being trained: the synchronous case).
+  """
+  cfg = ctx.config.grpo
+  P, G = cfg.prompts_per_step, cfg.group_size
+  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b)[0], mesh=ctx.mesh)
+
+  def learn(state, gb: GRPOBatch, step: int, rng: jax.Array,
+            behaviour_logprobs: Optional[np.ndarray] = None):
+    t0 = time.perf_counter()
+    batch = dict(gb.rows)
     batch["old_logprobs"] = to_host(logprob_fn(state.params, batch))
+    if off_policy:
+      batch["behaviour_logprobs"] = (batch["old_logprobs"] if behaviour_logprobs is None
+                                     else behaviour_logprobs)
     if ref_params is not None:
       batch["ref_logprobs"] = to_host(logprob_fn(ref_params, batch))
     metrics = {}
-    if keep.any():
+    if gb.any_kept:
       mb = P * G // cfg.minibatches
       for epoch in range(cfg.epochs):
         order = np.random.default_rng(step * 1000 + epoch).permutation(P * G)
@@ -69,10 +112,24 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
           state, metrics = train_step(state, {k: v[idx] for k, v in batch.items()},
                                       jax.random.fold_in(rng, 1 + epoch * cfg.minibatches + j))
     metrics = dict(jax.device_get(metrics))
-    metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in parts.items()})
-    metrics.update(reward=float(np.mean(rewards)), response_length=float(ro.lengths.mean()),
-                   groups_kept=float(keep.reshape(P, G)[:, 0].mean()), done_rate=float(ro.done.mean()))
+    metrics.update(gb.metrics)
+    metrics["time/learn_s"] = time.perf_counter() - t0
     return state, metrics
+
+  return learn
+
+
+def run_grpo(ctx: StageContext, params, rng: jax.Array):
+  cfg = ctx.config.grpo
+  loss_cfg = grpo_config(cfg)
+  optimizer = make_optimizer(cfg.optim)
+  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  loss_fn = functools.partial(grpo_loss, model_cfg=ctx.model_cfg, config=loss_cfg)
+  collect = make_collect(ctx)
+  learn = make_learn(ctx, optimizer, loss_fn, ref_params=params if loss_cfg.beta > 0 else None)
+
+  def step_fn(state, step, rng):
+    return learn(state, collect(state.params, step, rng), step, rng)
 
   state = train_loop("grpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,

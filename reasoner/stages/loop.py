@@ -21,6 +21,11 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def step_rng(rng: jax.Array, step: int) -> jax.Array:
+  """The RNG `train_loop` hands to step `step` (an actor running ahead derives the same one)."""
+  return jax.random.fold_in(rng, step)
+
+
 def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *, stage_dir: str,
                writer: MetricsWriter, rng: jax.Array, log_every: int = 10,
                checkpoint_every: int = 50) -> TrainState:
@@ -34,7 +39,7 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
     print(f"[{stage}] resumed from checkpoint step {start}/{n_steps}", flush=True)
   progress = Progress(stage, n_steps, start=start, every=log_every)
   for step in range(start, n_steps):
-    state, metrics = step_fn(state, step, jax.random.fold_in(rng, step))
+    state, metrics = step_fn(state, step, step_rng(rng, step))
     done = step + 1
     if done % log_every == 0 or done == n_steps:
       metrics = jax.device_get(metrics)

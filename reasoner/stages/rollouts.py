@@ -2,7 +2,9 @@
 
 A row is `prompt + completion`, right-padded to a fixed length so the train step compiles once:
 tokens / positions / segment_ids / loss_mask [rows, prompt_len + max_new], with loss_mask on the
-sampled completion tokens only (tokens injected by budget forcing are masked out).
+sampled completion tokens only (tokens injected by budget forcing are masked out). Given the
+sampler's per-token log-probs, the rows also carry them as behaviour_logprobs [rows, t] in the
+log-prob alignment (column j holds token j's log-prob; 0 off the completion).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Rollouts:
   lengths: np.ndarray  # [rows]
   done: np.ndarray  # [rows] bool: stopped by EOS / stop sequence
   injected: list[np.ndarray]  # [rows] masks of forced tokens
+  logprobs: list[np.ndarray]  # [rows] the sampling policy's log-prob of each completion token
 
 
 def sample_rollouts(params, ctx, prompts: Sequence[list[int]], sampling: SamplingConfig,
@@ -33,18 +36,23 @@ def sample_rollouts(params, ctx, prompts: Sequence[list[int]], sampling: Samplin
   n = sampling.n
   completions = [row[:length].tolist() for row, length in zip(out.tokens, out.lengths)]
   injected = [np.asarray(m[:length], bool) for m, length in zip(out.injected, out.lengths)]
+  logprobs = [np.asarray(lp[:length], np.float32) for lp, length in zip(out.logprobs, out.lengths)]
   return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(n)],
                   completion_ids=completions, texts=[ctx.decode(c) for c in completions],
-                  lengths=np.asarray(out.lengths), done=np.asarray(out.done), injected=injected)
+                  lengths=np.asarray(out.lengths), done=np.asarray(out.done), injected=injected,
+                  logprobs=logprobs)
 
 
 def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], seq_len: int,
-                 pad_id: int, injected: Sequence[np.ndarray] = ()) -> dict:
-  """Right-padded rows with the loss on completion tokens; prompts are truncated from the left."""
+                 pad_id: int, injected: Sequence[np.ndarray] = (),
+                 logprobs: Sequence[np.ndarray] = ()) -> dict:
+  """Right-padded rows with the loss on completion tokens; prompts are truncated from the left.
+  With `logprobs` (per completion token) the rows get behaviour_logprobs too."""
   rows = len(prompt_ids)
   tokens = np.full((rows, seq_len), pad_id, np.int32)
   segment_ids = np.zeros((rows, seq_len), np.int32)
   loss_mask = np.zeros((rows, seq_len), np.float32)
+  behaviour = np.zeros((rows, seq_len), np.float32)
   for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
     c = list(c)[:seq_len - 1]
     p = list(p)[-(seq_len - len(c)):]
@@ -55,5 +63,11 @@ def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[
     if len(injected) and len(injected[i]):
       inj = np.asarray(injected[i][:len(c)], bool)
       loss_mask[i, len(p):len(p) + len(inj)][inj] = 0.0
+    if len(logprobs):
+      lp = np.asarray(logprobs[i][:len(c)], np.float32)
+      behaviour[i, len(p):len(p) + len(lp)] = lp
   positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
-  return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids, "loss_mask": loss_mask}
+  out = {"tokens": tokens, "positions": positions, "segment_ids": segment_ids, "loss_mask": loss_mask}
+  if len(logprobs):
+    out["behaviour_logprobs"] = behaviour
+  return out
