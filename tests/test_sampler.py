@@ -271,12 +271,13 @@ def test_no_retrace_within_a_bucket(params):
   assert TRACE_COUNT["prefill"] == before["prefill"] + 1
 
 
-def test_cached_attention_equals_gqa_attention():
+@pytest.mark.parametrize("rows", [1, 3])  # dot products at batch 1, fused reductions above (CPU)
+def test_cached_attention_equals_gqa_attention(rows):
   kq, kk, kv, km = jax.random.split(jax.random.PRNGKey(4), 4)
-  q = jax.random.normal(kq, (3, 1, 4, 8))
-  k = jax.random.normal(kk, (3, 10, 2, 8))
-  v = jax.random.normal(kv, (3, 10, 2, 8))
-  mask = jax.random.bernoulli(km, 0.6, (3, 1, 10)).at[:, :, 0].set(True)
+  q = jax.random.normal(kq, (rows, 1, 4, 8))
+  k = jax.random.normal(kk, (rows, 10, 2, 8))
+  v = jax.random.normal(kv, (rows, 10, 2, 8))
+  mask = jax.random.bernoulli(km, 0.6, (rows, 1, 10)).at[:, :, 0].set(True)
   want = L.gqa_attention(q, k, v, mask)
   got = decode_model.cached_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
   np.testing.assert_allclose(got, want, atol=1e-6)
