@@ -32,10 +32,14 @@ from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.model import ModelConfig
 
 
+def _log_is_ratio(prox_logp: jax.Array, behav_logp: jax.Array) -> jax.Array:
+  """log(pi_prox / pi_behav) per token, float32."""
+  return prox_logp.astype(jnp.float32) - behav_logp.astype(jnp.float32)
+
+
 def truncated_is_weights(prox_logp: jax.Array, behav_logp: jax.Array, is_clip: float) -> jax.Array:
   """min(pi_prox / pi_behav, is_clip) per token, [b, t] -> [b, t] float32, no gradient."""
-  log_w = prox_logp.astype(jnp.float32) - behav_logp.astype(jnp.float32)
-  return jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_w), is_clip))
+  return jax.lax.stop_gradient(jnp.minimum(jnp.exp(_log_is_ratio(prox_logp, behav_logp)), is_clip))
 
 
 def off_policy_grpo_objective(logp: jax.Array, prox_logp: jax.Array, behav_logp: jax.Array,
@@ -50,7 +54,7 @@ def off_policy_grpo_objective(logp: jax.Array, prox_logp: jax.Array, behav_logp:
   loss, metrics = grpo_objective(logp, prox_logp, ref_logp, advantages, mask, config,
                                  entropy=entropy, pg_weights=w)
   m = mask.astype(jnp.float32)
-  log_w = prox_logp.astype(jnp.float32) - behav_logp.astype(jnp.float32)
+  log_w = _log_is_ratio(prox_logp, behav_logp)
   metrics = dict(metrics)
   metrics.update({
       "is_weight_mean": masked_mean(w, m),
