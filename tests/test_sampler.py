@@ -279,7 +279,8 @@ def test_cached_attention_equals_gqa_attention(rows):
   v = jax.random.normal(kv, (rows, 10, 2, 8))
   mask = jax.random.bernoulli(km, 0.6, (rows, 1, 10)).at[:, :, 0].set(True)
   want = L.gqa_attention(q, k, v, mask)
-  got = decode_model.cached_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+  got = decode_model.cached_attention(q, jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2),
+                                      mask)
   np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -306,9 +307,9 @@ def test_sharded_generate_equals_single_device(params):
   pre, _ = sampler_lib._programs(json.dumps(CFG.to_dict(), sort_keys=True), sc, PAD, -1, 40, mesh)
   arrays = sharding.shard_batch(prompt_arrays(PROMPTS, 32, rows=4, pad_id=PAD)[:3], mesh)
   cache, _, _ = pre(sharded, *arrays)
-  k0 = cache["k"][0]  # layer 0: [rows, kv_heads, slots, head_dim]
-  assert k0.shape == (8, 2, 40, 16)
-  assert tuple(k0.sharding.spec)[:2] == (("data", "fsdp"), "tensor")
+  k0, v0 = cache["k"][0], cache["v"][0]  # layer 0: [rows, kv_heads, head_dim / slots, ...]
+  assert k0.shape == (8, 2, 16, 40) and v0.shape == (8, 2, 40, 16)
+  assert tuple(k0.sharding.spec)[:2] == tuple(v0.sharding.spec)[:2] == (("data", "fsdp"), "tensor")
 
 
 def test_bucket():

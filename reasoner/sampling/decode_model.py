@@ -4,13 +4,16 @@
 a decode loop that costs, per token, a copy of every layer's weights and cache slice (XLA
 materialises the slices a scan takes) plus a transposed copy of the cache (the attention
 contracts with kv heads ahead of slots). Here the weights are unstacked and cast to the compute
-dtype once per call, the layers are unrolled, and each layer's cache is its own [B, K, S, Dh]
-buffer that is updated in place and read by the attention without a copy. The block itself is
+dtype once per call, the layers are unrolled, and each layer's keys and values are their own
+buffers, updated in place and read by the attention without a copy. Keys are stored [B, K, Dh, S]
+(slots innermost) and values [B, K, S, Dh]: both attention contractions then reduce over a
+non-minor axis and write contiguous rows, which on XLA:CPU at batch 64 makes a decode step about
+20% faster than keys stored like values (BUILD_NOTES.md). The block itself is
 `decoder.block` (with `cached_attention`, the same attention contracted in the cache's layout),
 so the numbers are those of `decoder.forward` up to float summation order.
 
-Decode cache: {"k", "v": tuple of n_layers arrays [B, K, S, Dh], "segment": [B, S] int32
-(0 = empty), "index": int32 scalar (the next slot)}.
+Decode cache: {"k": tuple of n_layers arrays [B, K, Dh, S], "v": tuple of n_layers arrays
+[B, K, S, Dh], "segment": [B, S] int32 (0 = empty), "index": int32 scalar (the next slot)}.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ def from_stacked(cache, n: int, cache_len: int) -> dict:
     pad[s_axis] = (0, cache_len - p)
     return jnp.pad(x, pad)
 
-  per_layer = lambda c: tuple(grow(jnp.swapaxes(c[i], 1, 2), 0, 2) for i in range(c.shape[0]))
-  return {"k": per_layer(cache["k"]), "v": per_layer(cache["v"]),
+  # Stacked [L, B, S, K, Dh] -> per layer keys [B, K, Dh, S] and values [B, K, S, Dh].
+  keys = tuple(grow(jnp.transpose(k, (0, 2, 3, 1)), 0, 3) for k in cache["k"])
+  values = tuple(grow(jnp.swapaxes(v, 1, 2), 0, 2) for v in cache["v"])
+  return {"k": keys, "v": values,
           "segment": grow(cache["segment"], 0, 1), "index": cache["index"]}
 
 
@@ -67,8 +72,9 @@ def cache_shardings(cache, mesh):
   from reasoner import sharding
   spec = lambda logical, x: NamedSharding(mesh, sharding.logical_to_spec(logical, mesh,
                                                                          shape=x.shape))
-  kv = lambda xs: tuple(spec(("batch", "kv_heads", "cache_seq", "head_dim"), x) for x in xs)
-  return {"k": kv(cache["k"]), "v": kv(cache["v"]),
+  kv = lambda xs, names: tuple(spec(("batch", "kv_heads") + names, x) for x in xs)
+  return {"k": kv(cache["k"], ("head_dim", "cache_seq")),
+          "v": kv(cache["v"], ("cache_seq", "head_dim")),
           "segment": spec(("batch", "cache_seq"), cache["segment"]),
           "index": NamedSharding(mesh, jax.sharding.PartitionSpec())}
 
@@ -76,7 +82,8 @@ def cache_shardings(cache, mesh):
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """`layers.gqa_attention` for one query per row against a cache in its own layout.
 
-  q: [b, 1, H, Dh]; k, v: [b, K, S, Dh]; mask: [b, 1, S] bool. Returns [b, 1, H, Dh].
+  q: [b, 1, H, Dh]; k: [b, K, Dh, S]; v: [b, K, S, Dh]; mask: [b, 1, S] bool.
+  Returns [b, 1, H, Dh].
   Contracting in the cache's layout (and without the unit query axis) lets XLA read the cache
   in place, without the transposed copy the generic form needs.
   """
@@ -89,9 +96,9 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
   if fused:
     # Multiply-and-reduce fusions read each cache row once; XLA:CPU's batched dot over
     # [g, d] x [d, s] slices is 2-3x slower than this from batch 2 on (BUILD_NOTES.md).
-    scores = jnp.sum(q[:, :, :, None, :].astype(jnp.float32) * k[:, :, None, :, :], axis=-1)
+    scores = jnp.sum(q[..., None].astype(jnp.float32) * k[:, :, None], axis=3)
   else:
-    scores = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bkgd,bkds->bkgs", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(d)
   scores = jnp.where(mask[:, 0, None, None, :], scores, L.MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -123,9 +130,9 @@ def step(dparams, cache, tokens: jax.Array, positions: jax.Array, cfg: ModelConf
   for li, lp in enumerate(dparams["layers"]):
     ck, cv = cache["k"][li], cache["v"][li]
 
-    def kv_fn(k, v, ck=ck, cv=cv):  # k, v: [B, 1, K, Dh] -> cache layout [B, K, S, Dh]
-      nk = jax.lax.dynamic_update_slice(ck, jnp.swapaxes(k, 1, 2).astype(ck.dtype),
-                                        (zero, zero, index, zero))
+    def kv_fn(k, v, ck=ck, cv=cv):  # k, v: [B, 1, K, Dh] -> the cache layouts (module docstring)
+      nk = jax.lax.dynamic_update_slice(ck, jnp.transpose(k, (0, 2, 3, 1)).astype(ck.dtype),
+                                        (zero, zero, zero, index))
       nv = jax.lax.dynamic_update_slice(cv, jnp.swapaxes(v, 1, 2).astype(cv.dtype),
                                         (zero, zero, index, zero))
       return nk.astype(dt), nv.astype(dt), mask, (nk, nv)
