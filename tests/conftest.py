@@ -5,3 +5,15 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def arith_tokenizer(tmp_path_factory):
+  """A 384-piece sentencepiece tokenizer trained on 300 arithmetic problems (RL stage tests)."""
+  from reasoner.data.tasks import mixture
+  from reasoner.tokenizer import train_sentencepiece
+  texts = [p.prompt + " " + p.solution for p in mixture(["arithmetic"], "train", 300, 0, 1)]
+  return train_sentencepiece(texts, str(tmp_path_factory.mktemp("tok")), vocab_size=384)

@@ -206,12 +206,9 @@ MODEL = ModelConfig(vocab_size=384, d_model=32, n_layers=2, n_heads=4, n_kv_head
                     d_ff=64, max_seq_len=128)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-  from reasoner.data.tasks import mixture
-  from reasoner.tokenizer import train_sentencepiece
-  texts = [p.prompt + " " + p.solution for p in mixture(["arithmetic"], "train", 300, 0, 1)]
-  return train_sentencepiece(texts, str(tmp_path_factory.mktemp("tok")), vocab_size=384)
+@pytest.fixture
+def tokenizer(arith_tokenizer):
+  return arith_tokenizer
 
 
 def grpo_cfg(steps, max_staleness=0, enabled=True, actor_devices=0):

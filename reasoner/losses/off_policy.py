@@ -68,12 +68,18 @@ def off_policy_grpo_objective(logp: jax.Array, prox_logp: jax.Array, behav_logp:
 def off_policy_grpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *,
                          model_cfg: ModelConfig, config: GRPOConfig, is_clip: float):
   """`grpo_loss` with the importance correction. batch: as `grpo_loss` (old_logprobs = the
-  proximal policy's, required here) plus behaviour_logprobs [b, t] from the sampler."""
+  proximal policy's) plus behaviour_logprobs [b, t] from the sampler. Without behaviour_logprobs
+  the rows were sampled by the proximal policy (weights 1); without old_logprobs either, by the
+  params being differentiated (one update on fresh rows: ratio 1, as `grpo_loss`)."""
   del rng
-  for key in ("advantages", "old_logprobs", "behaviour_logprobs"):
-    if key not in batch:
-      raise KeyError(f"off-policy GRPO batch is missing {key!r}; it has {sorted(batch)}")
+  if "advantages" not in batch:
+    raise KeyError(f"off-policy GRPO batch is missing 'advantages'; it has {sorted(batch)}")
+  if "behaviour_logprobs" in batch and "old_logprobs" not in batch:
+    raise KeyError("off-policy GRPO batch has behaviour_logprobs but no old_logprobs (the "
+                   "proximal policy's log-probs the importance weights compare them with)")
   logp, entropy = sequence_logprobs(params, model_cfg, batch)
-  return off_policy_grpo_objective(logp, batch["old_logprobs"], batch["behaviour_logprobs"],
+  prox = batch.get("old_logprobs")
+  prox = jax.lax.stop_gradient(logp) if prox is None else prox
+  return off_policy_grpo_objective(logp, prox, batch.get("behaviour_logprobs", prox),
                                    batch.get("ref_logprobs"), batch["advantages"],
                                    batch["loss_mask"], config, is_clip, entropy=entropy)

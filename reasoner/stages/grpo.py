@@ -8,6 +8,12 @@ optional KL penalty to the frozen starting model.
 A step is two halves that the asynchronous mode (`reasoner.stages.async_grpo`) runs on different
 threads: `make_collect` (sample, score, lay out rows: the actor's half, a function of the params
 it is given) and `make_learn` (recompute old / reference log-probs, update: the learner's half).
+
+The update costs more than the sampling, so the rows carry no dead weight: with dynamic sampling
+the rows of dropped groups are left out (the row count is rounded up to a quarter of the batch,
+so it takes at most four compiles), rows are as wide as the longest prompt + completion sampled
+(rounded up to 32), and with one update per batch the old log-probs are not recomputed (the ratio
+is 1 by definition: `grpo_objective` with old_logp=None).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def make_collect(ctx: StageContext):
   P, G = cfg.prompts_per_step, cfg.group_size
   sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, n=G)
+  n_rows = row_buckets(P * G, cfg.minibatches * batch_shards(ctx.mesh),
+                       compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")
 
   def collect(params, step: int, rng: jax.Array) -> GRPOBatch:
     t0 = time.perf_counter()
@@ -63,13 +71,17 @@ def make_collect(ctx: StageContext):
     adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
     keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if cfg.dynamic_sampling
             else np.ones(P * G, bool))
-    width = max(len(p) for p in prompts) + cfg.max_new_tokens
+    # Kept rows first, then as many dropped ones (masked out) as the row bucket needs.
+    order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])[:n_rows(int(keep.sum()))]
+    pick = lambda xs: [xs[i] for i in order]
+    prompt_ids, completion_ids = pick(ro.prompt_ids), pick(ro.completion_ids)
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
     width = -(-width // 32) * 32  # bucket the row length so the step compiles a handful of times
-    rows = rollout_rows(ro.prompt_ids, ro.completion_ids, width, ctx.tokenizer.pad_id, ro.injected,
-                        logprobs=ro.logprobs)
+    rows = rollout_rows(prompt_ids, completion_ids, width, ctx.tokenizer.pad_id, pick(ro.injected),
+                        logprobs=pick(ro.logprobs))
     behaviour = rows.pop("behaviour_logprobs")
-    rows["loss_mask"] *= keep[:, None].astype(np.float32)
-    rows["advantages"] = adv.astype(np.float32)
+    rows["loss_mask"] *= keep[order, None].astype(np.float32)
+    rows["advantages"] = adv[order].astype(np.float32)
     metrics = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
     metrics.update(reward=float(np.mean(rewards)), response_length=float(ro.lengths.mean()),
                    groups_kept=float(keep.reshape(P, G)[:, 0].mean()), done_rate=float(ro.done.mean()),
@@ -79,16 +91,35 @@ def make_collect(ctx: StageContext):
   return collect
 
 
+def batch_shards(mesh) -> int:
+  """How many ways the mesh splits a batch's rows (its data x fsdp axes; 1 without a mesh)."""
+  return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def row_buckets(total: int, multiple: int, compact: bool = True):
+  """kept rows -> rows to train on: the smallest of (at most) four sizes, quarters of `total`
+  rounded up to a multiple of `multiple` (capped at `total`), that holds them; always `total`
+  when not `compact` (or when `total` is not a multiple of `multiple`). Rows of dropped groups carry no loss, so leaving them out changes
+  nothing but the cost for token- and sequence-mean losses (not for the "constant" one, whose
+  denominator counts rows)."""
+  unit = max(1, multiple)
+  sizes = [total]
+  if compact and total % unit == 0:
+    sizes = sorted({min(total, max(unit, -(-total * i // (4 * unit)) * unit)) for i in (1, 2, 3, 4)})
+  return lambda kept: next(s for s in sizes if s >= kept)
+
+
 def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_policy: bool = False):
   """learn(state, batch, step, rng, behaviour_logprobs=None) -> (state, metrics).
 
-  Recomputes the old (proximal) log-probs with the training forward, so the first-epoch ratio
-  is exactly 1, then runs the epochs x minibatches updates. With `off_policy` the loss also gets
-  behaviour_logprobs: the given ones, or the proximal ones when None (the rows were sampled by
-  the very params being trained: the synchronous case).
+  With several updates per batch (epochs x minibatches > 1), recomputes the old (proximal)
+  log-probs with the training forward first, so the first-epoch ratio is exactly 1; with one
+  update the loss takes the ratio as 1 without that forward pass. With `off_policy` the loss also
+  gets behaviour_logprobs: the given ones, or none (meaning the proximal ones) when None (the rows
+  were sampled by the very params being trained: the synchronous case).
   """
   cfg = ctx.config.grpo
-  P, G = cfg.prompts_per_step, cfg.group_size
+  updates = cfg.epochs * cfg.minibatches
   train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
   logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b)[0], mesh=ctx.mesh)
 
@@ -96,17 +127,18 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
             behaviour_logprobs: Optional[np.ndarray] = None):
     t0 = time.perf_counter()
     batch = dict(gb.rows)
-    batch["old_logprobs"] = to_host(logprob_fn(state.params, batch))
-    if off_policy:
-      batch["behaviour_logprobs"] = (batch["old_logprobs"] if behaviour_logprobs is None
-                                     else behaviour_logprobs)
+    if updates > 1 or (off_policy and behaviour_logprobs is not None):
+      batch["old_logprobs"] = to_host(logprob_fn(state.params, batch))
+    if off_policy and behaviour_logprobs is not None:
+      batch["behaviour_logprobs"] = behaviour_logprobs
     if ref_params is not None:
       batch["ref_logprobs"] = to_host(logprob_fn(ref_params, batch))
     metrics = {}
     if gb.any_kept:
-      mb = P * G // cfg.minibatches
+      rows = len(batch["tokens"])
+      mb = rows // cfg.minibatches
       for epoch in range(cfg.epochs):
-        order = np.random.default_rng(step * 1000 + epoch).permutation(P * G)
+        order = np.random.default_rng(step * 1000 + epoch).permutation(rows)
         for j in range(cfg.minibatches):
           idx = order[j * mb:(j + 1) * mb]
           state, metrics = train_step(state, {k: v[idx] for k, v in batch.items()},
