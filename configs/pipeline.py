@@ -69,6 +69,11 @@ def tiny() -> ConfigDict:
                                   l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
                                   overlong_buffer=0))
   c.grpo.optim = _optim(5e-5, 60, warmup=5, schedule="constant")
+  # PPO-ptx: replay_weight x the SFT loss on replay_batch_size packed rows of reference solutions
+  # (from replay_problems problems of their own) added to every update; 0 = off.
+  c.grpo.replay_weight = 0.0
+  c.grpo.replay_batch_size = 16
+  c.grpo.replay_problems = 1000
   # Actor-learner mode (reasoner/stages/async_grpo.py): rollouts for step t+1 overlap training
   # on step t, sampled at most max_staleness policy versions back, importance weights truncated
   # at is_clip; actor_devices > 0 gives the actor that many devices of the mesh of its own.

@@ -1,5 +1,5 @@
-"""The synchronous GRPO stage's batch layout: rows of dropped groups are left out (bucketed row
-counts), and leaving them out leaves the update unchanged."""
+"""The synchronous GRPO stage's batch layout (rows of dropped groups are left out, in bucketed
+row counts, which leaves the update unchanged) and its SFT replay term."""
 
 import jax
 import numpy as np
@@ -8,10 +8,12 @@ import pytest
 from configs.pipeline import tiny
 from reasoner import sharding
 from reasoner.losses import grpo_loss
+from reasoner.losses.sft import sft_loss
 from reasoner.model import ModelConfig
 from reasoner.pipeline.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext
-from reasoner.stages.grpo import GRPOBatch, grpo_config, make_collect, make_learn, row_buckets
+from reasoner.stages.grpo import (GRPOBatch, grpo_config, make_collect, make_learn, make_replay,
+                                   row_buckets)
 from reasoner.train import init_train_state, make_optimizer
 
 MODEL = ModelConfig(vocab_size=384, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
@@ -72,3 +74,21 @@ def test_rows_of_dropped_groups_do_not_change_the_update(tmp_path, arith_tokeniz
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
   for key in ("loss", "grad_norm", "n_tokens"):  # the loss is ~0: advantages sum to 0
     np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_replay_adds_the_sft_loss_on_replayed_solutions(tmp_path, arith_tokenizer):
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean")
+  ctx.config.grpo.update(dict(replay_weight=0.5, replay_batch_size=4, replay_problems=20))
+  gb = make_collect(ctx)(params, 3, jax.random.PRNGKey(1))
+  replay = make_replay(ctx)
+  batch = replay(3, 0)
+  assert batch["tokens"].shape == (4, ctx.config.sft.seq_len) and batch["loss_mask"].sum() > 0
+  assert not np.array_equal(batch["tokens"], replay(4, 0)["tokens"])  # a new batch each update
+  want, _ = sft_loss(params, batch, jax.random.PRNGKey(0), model_cfg=MODEL)
+  loss_fn = lambda p, b, r: grpo_loss(p, b, r, model_cfg=MODEL, config=grpo_config(ctx.config.grpo))
+  opt = make_optimizer(ctx.config.grpo.optim)
+  state = init_train_state(params, opt, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  _, m = make_learn(ctx, opt, loss_fn)(state, gb, 3, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(m["replay_loss"], want, rtol=1e-5)
+  np.testing.assert_allclose(m["loss"], m["pg_loss"] + 0.5 * m["replay_loss"], rtol=1e-5, atol=1e-6)
+  assert make_replay(stage_ctx(tmp_path / "off", arith_tokenizer, "token_mean")[0]) is None

@@ -28,6 +28,7 @@ import numpy as np
 
 from reasoner.losses.grpo import GRPOConfig, filter_zero_variance_groups, grpo_loss, group_advantages
 from reasoner.losses.logprobs import sequence_logprobs
+from reasoner.losses.sft import sft_loss
 from reasoner.pipeline.evaluate import check_completion
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
@@ -35,6 +36,8 @@ from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
+from reasoner.stages.supervised import epoch_batches
+from reasoner.train.packing import pack_sequences
 from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
 
 
@@ -109,6 +112,40 @@ def row_buckets(total: int, multiple: int, compact: bool = True):
   return lambda kept: next(s for s in sizes if s >= kept)
 
 
+def with_replay(loss_fn, weight: float, model_cfg):
+  """loss_fn + weight x the SFT loss on batch["replay"] (packed rows of reference solutions):
+  the PPO-ptx term, which keeps the skills the policy gradient's noise would otherwise wear."""
+
+  def fn(params, batch, rng):
+    batch = dict(batch)
+    replay = batch.pop("replay")
+    loss, metrics = loss_fn(params, batch, rng)
+    replay_loss, _ = sft_loss(params, replay, rng, model_cfg=model_cfg)
+    total = loss + weight * replay_loss
+    return total, {**metrics, "replay_loss": replay_loss, "loss": total}
+
+  return fn
+
+
+def make_replay(ctx: StageContext):
+  """replay(step, update) -> a batch of `grpo.replay_batch_size` packed SFT rows, or None when
+  `grpo.replay_weight` is 0. The solutions are drawn from a training split of their own."""
+  cfg = ctx.config.grpo
+  if not cfg.replay_weight:
+    return None
+  from reasoner.stages.sft import sft_examples
+  problems = ctx.problems("train", cfg.replay_problems, "grpo-replay")
+  rows = pack_sequences(sft_examples(ctx, problems), ctx.config.sft.seq_len, ctx.tokenizer.pad_id)
+  per_step = cfg.epochs * cfg.minibatches
+
+  def replay(step: int, update: int) -> dict:
+    idx = epoch_batches(len(rows["tokens"]), cfg.replay_batch_size, step * per_step + update,
+                        ctx.config.seed + 2)
+    return {k: v[idx] for k, v in rows.items()}
+
+  return replay
+
+
 def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_policy: bool = False):
   """learn(state, batch, step, rng, behaviour_logprobs=None) -> (state, metrics).
 
@@ -116,10 +153,14 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   log-probs with the training forward first, so the first-epoch ratio is exactly 1; with one
   update the loss takes the ratio as 1 without that forward pass. With `off_policy` the loss also
   gets behaviour_logprobs: the given ones, or none (meaning the proximal ones) when None (the rows
-  were sampled by the very params being trained: the synchronous case).
+  were sampled by the very params being trained: the synchronous case). With
+  `grpo.replay_weight` > 0 each update adds the SFT loss on a batch of replayed solutions.
   """
   cfg = ctx.config.grpo
   updates = cfg.epochs * cfg.minibatches
+  replay = make_replay(ctx)
+  if replay is not None:
+    loss_fn = with_replay(loss_fn, float(cfg.replay_weight), ctx.model_cfg)
   train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
   logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b)[0], mesh=ctx.mesh)
 
@@ -141,7 +182,10 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
         order = np.random.default_rng(step * 1000 + epoch).permutation(rows)
         for j in range(cfg.minibatches):
           idx = order[j * mb:(j + 1) * mb]
-          state, metrics = train_step(state, {k: v[idx] for k, v in batch.items()},
+          sub = {k: v[idx] for k, v in batch.items()}
+          if replay is not None:
+            sub["replay"] = replay(step, epoch * cfg.minibatches + j)
+          state, metrics = train_step(state, sub,
                                       jax.random.fold_in(rng, 1 + epoch * cfg.minibatches + j))
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
