@@ -64,7 +64,8 @@ def tiny() -> ConfigDict:
   c.grpo.minibatches = 1
   c.grpo.dynamic_sampling = True  # drop groups whose rewards are all equal (DAPO)
   c.grpo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.0, kl_estimator="k3",
-                                loss_agg="token_mean", constant_norm=64.0, scale_by_std=True))
+                                loss_agg="token_mean", constant_norm=64.0, scale_by_std=True,
+                                entropy_coef=0.0))
   c.grpo.reward = ConfigDict(dict(w_out=1.0, w_proc=0.2, w_format=1.0, w_lang=0.0, l_cost=0.0,
                                   l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
                                   overlong_buffer=0))

@@ -1,5 +1,6 @@
 """Losses against straightforward NumPy references on random inputs, plus the model wrappers."""
 
+import dataclasses
 import functools
 
 import jax
@@ -138,6 +139,26 @@ def test_grpo_objective_and_gradient_match_numpy(loss_agg, kl_estimator):
   np.testing.assert_allclose(metrics["clip_frac_high"],
                              ((a > 0) & (r > 1.28) & (mask > 0)).sum() / n, atol=1e-6)
   np.testing.assert_allclose(metrics["ratio_mean"], (r * mask).sum() / n, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean", "token_mean"])
+@pytest.mark.parametrize("coef", [-0.3, 0.1])
+def test_grpo_entropy_coef_subtracts_the_aggregated_entropy(loss_agg, coef):
+  logp, old, ref, adv, mask = grpo_inputs(5)
+  ent = np.random.default_rng(6).uniform(0, 2, logp.shape).astype(np.float32)
+  c0 = GRPOConfig(beta=0.04, loss_agg=loss_agg)
+  c = dataclasses.replace(c0, entropy_coef=coef)
+  f = lambda lp, e: grpo_objective(lp, old, ref, adv, mask, c, entropy=e)[0]
+  loss, (g_logp, g_ent) = jax.value_and_grad(f, argnums=(0, 1))(logp, ent)
+  base, base_grad = np_grpo(logp, old, ref, adv, mask, c0)
+  # np_grpo's gradient with unit token losses is the aggregation weight of each token.
+  _, w = np_grpo(np.zeros_like(logp), np.zeros_like(logp), np.zeros_like(logp),
+                 -np.ones_like(adv), mask, dataclasses.replace(c0, beta=0.0))
+  np.testing.assert_allclose(loss, base - coef * (ent * w).sum(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g_logp, base_grad, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(g_ent, -coef * w, rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match="entropy"):
+    grpo_objective(logp, old, ref, adv, mask, c)
 
 
 def test_grpo_on_policy_gradient_is_advantage_weighted_score():

@@ -44,6 +44,9 @@ class GRPOConfig:
   loss_agg: str = "seq_mean"
   constant_norm: Optional[float] = None  # required by loss_agg='constant'
   scale_by_std: bool = True  # False for Dr.GRPO
+  # Entropy bonus: loss -= entropy_coef x token entropy (aggregated like the rest); negative
+  # values penalise entropy (entropy minimisation, which sharpens the policy toward its mode).
+  entropy_coef: float = 0.0
 
   def __post_init__(self):
     if self.kl_estimator not in KL_ESTIMATORS:
@@ -149,6 +152,10 @@ def grpo_objective(logp: jax.Array, old_logp: Optional[jax.Array], ref_logp: Opt
     kl = jnp.zeros_like(logp) if ref_logp is None else kl_penalty(logp, ref_logp,
                                                                    config.kl_estimator)
   token_loss = pg + config.beta * kl
+  if config.entropy_coef:
+    if entropy is None:
+      raise ValueError("GRPO with entropy_coef != 0 needs the per-token entropy")
+    token_loss = token_loss - config.entropy_coef * entropy
   agg = lambda x: aggregate(x, mask, config.loss_agg, config.constant_norm)
   loss = agg(token_loss)
   clip_low = ((adv < 0) & (ratio < lo)).astype(jnp.float32)
