@@ -101,6 +101,7 @@ def tiny() -> ConfigDict:
   c.dpo.beta = 0.1
   c.dpo.loss_type = "sigmoid"
   c.dpo.label_smoothing = 0.0
+  c.dpo.nll_weight = 0.0  # RPO: weight of the chosen responses' per-token NLL
   c.dpo.replay_weight = 0.5  # weight of the SFT loss on replayed earlier data
   c.dpo.optim = _optim(2e-5, 60, warmup=5, schedule="constant")
 

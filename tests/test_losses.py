@@ -403,6 +403,25 @@ def test_dpo_loss_with_ref_params_equals_precomputed(model):
     losses.dpo_loss(params, pairs, None, model_cfg=CFG, config=c)
 
 
+@pytest.mark.parametrize("length_normalize", [False, True])
+def test_dpo_nll_weight_adds_the_chosen_per_token_nll(model, length_normalize):
+  params, batch = model
+  pairs = {"chosen": {k: v[:2] for k, v in batch.items()},
+           "rejected": {k: v[2:] for k, v in batch.items()}}
+  pairs["ref_chosen_logps"], pairs["ref_rejected_logps"] = np.full(2, -30.0), np.full(2, -31.0)
+  loss = lambda w: losses.dpo_loss(params, pairs, None, model_cfg=CFG, config=DPOConfig(
+      beta=0.1, nll_weight=w, length_normalize=length_normalize))
+  base, _ = loss(0.0)
+  got, m = loss(0.7)
+  lp = np.asarray(losses.sequence_logprobs(params, CFG, batch)[0])[:2]
+  mask = batch["loss_mask"][:2]
+  nll = np.mean(-(lp * mask).sum(1) / mask.sum(1))
+  np.testing.assert_allclose(m["chosen_nll"], nll, rtol=1e-5)
+  np.testing.assert_allclose(got, base + 0.7 * nll, rtol=1e-5)
+  with pytest.raises(ValueError, match="nll_weight"):
+    DPOConfig(nll_weight=-1.0)
+
+
 def test_distill_and_ppo_losses_on_model(model):
   params, batch = model
   teacher = np.asarray(losses.sequence_logprobs(init_params(CFG, jax.random.PRNGKey(2)), CFG,

@@ -4,6 +4,9 @@ With h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)):
   sigmoid: -(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h)   (DPO; ls = label smoothing)
   ipo:     (h - 1 / (2 beta))^2                                        (IPO)
 Implicit rewards are beta * (log pi - log pi_ref) of each response.
+With nll_weight > 0 the loss adds nll_weight x the chosen responses' mean per-token negative
+log-likelihood (RPO / iterative RPO): DPO alone may push the chosen log-probs down along with the
+rejected ones; the NLL term holds them up.
 
 Batch: `chosen` and `rejected`, each a sequence batch (tokens / positions / segment_ids /
 loss_mask [b, t], one response per row, same t), plus `ref_chosen_logps` / `ref_rejected_logps`
@@ -31,6 +34,7 @@ class DPOConfig:
   loss_type: str = "sigmoid"
   label_smoothing: float = 0.0  # conservative DPO: assumed probability that a label is flipped
   length_normalize: bool = False  # mean instead of sum of token log-probs (TRL does this for IPO)
+  nll_weight: float = 0.0  # weight of the chosen responses' per-token NLL (RPO); 0 = plain DPO
 
   def __post_init__(self):
     if self.loss_type not in LOSS_TYPES:
@@ -39,6 +43,8 @@ class DPOConfig:
       raise ValueError(f"DPO beta must be positive, got {self.beta}")
     if not 0.0 <= self.label_smoothing < 0.5:
       raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+    if self.nll_weight < 0:
+      raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
 
   @classmethod
   def from_dict(cls, d) -> "DPOConfig":
@@ -109,4 +115,10 @@ def dpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: Mod
       raise KeyError("DPO batch needs 'ref_chosen_logps' and 'ref_rejected_logps' "
                      "(or pass ref_params to compute them in the step)")
     ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-  return dpo_objective(chosen, rejected, ref_c, ref_r, config)
+  loss, metrics = dpo_objective(chosen, rejected, ref_c, ref_r, config)
+  if config.nll_weight:
+    n = jnp.maximum(jnp.sum(batch["chosen"]["loss_mask"].astype(jnp.float32), axis=1), 1.0)
+    nll = -jnp.mean(chosen if config.length_normalize else chosen / n)
+    loss = loss + config.nll_weight * nll
+    metrics = {**metrics, "chosen_nll": nll, "loss": loss}
+  return loss, metrics

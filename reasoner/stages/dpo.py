@@ -110,7 +110,8 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
 
   replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
                           cfg.seq_len, ctx.tokenizer.pad_id)
-  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                      nll_weight=cfg.nll_weight)
 
   def loss_fn(p, batch, rng):
     loss, metrics = dpo_loss(p, batch["pairs"], rng, model_cfg=ctx.model_cfg, config=dpo_cfg)
