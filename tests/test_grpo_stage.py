@@ -1,5 +1,6 @@
 """The synchronous GRPO stage's batch layout (rows of dropped groups are left out, in bucketed
-row counts, which leaves the update unchanged) and its SFT replay term."""
+row counts, which leaves the update unchanged) and its SFT replay term; the preference metrics
+the pipeline reports for the DPO stage."""
 
 import jax
 import numpy as np
@@ -92,3 +93,21 @@ def test_replay_adds_the_sft_loss_on_replayed_solutions(tmp_path, arith_tokenize
   np.testing.assert_allclose(m["replay_loss"], want, rtol=1e-5)
   np.testing.assert_allclose(m["loss"], m["pg_loss"] + 0.5 * m["replay_loss"], rtol=1e-5, atol=1e-6)
   assert make_replay(stage_ctx(tmp_path / "off", arith_tokenizer, "token_mean")[0]) is None
+
+
+def test_preference_metrics_against_hand_computed_log_probs(tmp_path, arith_tokenizer):
+  from reasoner.losses.dpo import response_logps
+  from reasoner.stages.dpo import pair_batch, preference_metrics
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean")
+  other = sharding.sharded_init(MODEL, jax.random.PRNGKey(5), ctx.mesh)
+  enc = arith_tokenizer.encode
+  pairs = [(enc("Compute 2+3."), enc(" 5</answer>"), enc(" 6 or 7</answer>")),
+           (enc("Compute 9+9."), enc(" 18 is it</answer>"), enc(" 81</answer>")),
+           (enc("Solve x+1=3."), enc(" x=2</answer>"), enc(" x=4, x=5</answer>"))]
+  got = preference_metrics(ctx, params, other, pairs, 64)
+  batch = pair_batch(pairs, 64, arith_tokenizer.pad_id)
+  logps = lambda p: [np.asarray(x) for x in response_logps(p, MODEL, batch)]
+  (c, r), (rc, rr) = logps(params), logps(other)
+  assert got["pref_acc"] == pytest.approx(np.mean(c > r))
+  assert got["reward_acc"] == pytest.approx(np.mean((c - rc) > (r - rr)))
+  assert preference_metrics(ctx, params, params, pairs, 64)["reward_acc"] == 0.5

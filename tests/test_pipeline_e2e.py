@@ -73,6 +73,8 @@ def test_all_stages_wired_end_to_end(tmp_path, monkeypatch, capsys):
       assert 0.0 <= metrics[key] <= (24 if key == "mean_length" else 1.0), (name, key)
     assert metrics["pass@2"] >= metrics["pass@1"] - 1e-9
   assert "pref_acc" in report["dpo"] and "pref_acc" in report["distill"]
+  assert report["distill"]["reward_acc"] == 0.5  # M3 is its own reference: every margin is 0
+  assert 0.0 <= report["dpo"]["reward_acc"] <= 1.0
   saved = json.load(open(tmp_path / "report.json"))
   assert saved["seed"] == 0 and set(saved["models"]) == set(report)
   out = capsys.readouterr().out

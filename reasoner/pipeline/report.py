@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 
 STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("grpo", "M2 GRPO"),
                 ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
-COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc")
+COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc",
+           "reward_acc")
 
 
 def _value(metrics: Mapping, col: str):

@@ -215,15 +215,15 @@ class Pipeline:
 
   def _pref_metric(self, name: str, params) -> dict:
     """Preference accuracy on held-out pairs sampled once from M3 (for the M3 and M4 rows)."""
-    from reasoner.stages.dpo import held_out_pairs, preference_accuracy
+    from reasoner.stages.dpo import held_out_pairs, preference_metrics
     path = os.path.join(self.ctx.stage_dir("dpo"), "heldout_pairs.json")
+    m3, _ = self._load("distill")
     if not os.path.exists(path):
-      m3, _ = self._load("distill")
       pairs = held_out_pairs(self.ctx, m3, jax.random.fold_in(self.rng, 4242))
       json.dump(pairs, open(path + ".tmp", "w"))
       os.replace(path + ".tmp", path)
     pairs = [tuple(p) for p in json.load(open(path))]
-    return {"pref_acc": preference_accuracy(self.ctx, params, pairs, self.cfg.dpo.seq_len),
+    return {**preference_metrics(self.ctx, params, m3, pairs, self.cfg.dpo.seq_len),
             "n_pref_pairs": len(pairs)}
 
   def _plots(self):

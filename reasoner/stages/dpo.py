@@ -5,8 +5,10 @@ default, from M3 itself: for each problem M3 samples N completions; the shortest
 well-formatted one is chosen and an incorrect or malformed one rejected. The loss adds
 `replay_weight` x the SFT loss on replayed reference solutions so earlier skills are kept.
 
-The preference metric (`pref_acc`) is the share of held-out pairs whose chosen response the
-model gives a higher log-probability than the rejected one.
+Two preference metrics on held-out pairs (sampled from M3 on test problems):
+  pref_acc    share of pairs whose chosen response the model gives the higher log-probability;
+  reward_acc  share of pairs whose chosen response gets the higher DPO implicit reward
+              log pi - log pi_M3 (what DPO optimises; ties count half, so M3 itself scores 0.5).
 """
 
 from __future__ import annotations
@@ -64,23 +66,34 @@ def pair_batch(pairs, seq_len: int, pad_id: int) -> dict:
           "rejected": rollout_rows(prompts, [r for _, _, r in pairs], seq_len, pad_id)}
 
 
-def preference_accuracy(ctx: StageContext, params, pairs, seq_len: int) -> float:
-  """Share of pairs where log p(chosen) > log p(rejected) under `params`."""
-  if not pairs:
-    return float("nan")
+def pair_logps(ctx: StageContext, params, pairs, seq_len: int):
+  """Total log-probs (chosen [n], rejected [n]) of the responses of `pairs` under `params`."""
   fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
-  wins = []
+  out_c, out_r = [], []
   for i in range(0, len(pairs), 64):
     chunk = pairs[i:i + 64]
-    chunk = chunk + chunk[:1] * (64 - len(chunk))  # fixed shape: one compile
+    n = len(chunk)
+    chunk = chunk + chunk[:1] * (64 - n)  # fixed shape: one compile
     c, r = fn(params, pair_batch(chunk, seq_len, ctx.tokenizer.pad_id))
-    wins.extend((to_host(c) > to_host(r))[:len(pairs[i:i + 64])].tolist())
-  return float(np.mean(wins))
+    out_c.append(to_host(c)[:n])
+    out_r.append(to_host(r)[:n])
+  return np.concatenate(out_c), np.concatenate(out_r)
+
+
+def preference_metrics(ctx: StageContext, params, ref_params, pairs, seq_len: int) -> dict:
+  """pref_acc and reward_acc (module docstring) of `params` on `pairs`, reference `ref_params`."""
+  if not pairs:
+    return {"pref_acc": float("nan"), "reward_acc": float("nan")}
+  c, r = pair_logps(ctx, params, pairs, seq_len)
+  ref_c, ref_r = pair_logps(ctx, ref_params, pairs, seq_len)
+  margin = (c - ref_c) - (r - ref_r)
+  return {"pref_acc": float(np.mean(c > r)),
+          "reward_acc": float(np.mean((margin > 0) + 0.5 * (margin == 0)))}
 
 
 def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
   cfg = ctx.config.dpo
-  problems = ctx.problems("test", cfg.n_problems // 2, "dpo-heldout")
+  problems = ctx.problems("test", cfg.n_problems, "dpo-heldout")
   return sampled_pairs(ctx, m3_params, problems, cfg.samples_per_problem, cfg.temperature,
                        ctx.config.grpo.max_new_tokens, rng)
 
