@@ -36,9 +36,10 @@ from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
+from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
-from reasoner.train.packing import pack_sequences
 from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
+from reasoner.train.packing import pack_sequences
 
 
 def grpo_config(cfg) -> GRPOConfig:
@@ -102,13 +103,14 @@ def batch_shards(mesh) -> int:
 def row_buckets(total: int, multiple: int, compact: bool = True):
   """kept rows -> rows to train on: the smallest of (at most) four sizes, quarters of `total`
   rounded up to a multiple of `multiple` (capped at `total`), that holds them; always `total`
-  when not `compact` (or when `total` is not a multiple of `multiple`). Rows of dropped groups carry no loss, so leaving them out changes
-  nothing but the cost for token- and sequence-mean losses (not for the "constant" one, whose
-  denominator counts rows)."""
+  when not `compact` (or when `total` is not a multiple of `multiple`). Rows of dropped groups
+  carry no loss, so leaving them out changes nothing but the cost for token- and sequence-mean
+  losses (not for the "constant" one, whose denominator counts rows)."""
   unit = max(1, multiple)
   sizes = [total]
   if compact and total % unit == 0:
-    sizes = sorted({min(total, max(unit, -(-total * i // (4 * unit)) * unit)) for i in (1, 2, 3, 4)})
+    quarter = lambda i: min(total, max(unit, -(-total * i // (4 * unit)) * unit))
+    sizes = sorted({quarter(i) for i in (1, 2, 3, 4)})
   return lambda kept: next(s for s in sizes if s >= kept)
 
 
@@ -133,7 +135,6 @@ def make_replay(ctx: StageContext):
   cfg = ctx.config.grpo
   if not cfg.replay_weight:
     return None
-  from reasoner.stages.sft import sft_examples
   problems = ctx.problems("train", cfg.replay_problems, "grpo-replay")
   rows = pack_sequences(sft_examples(ctx, problems), ctx.config.sft.seq_len, ctx.tokenizer.pad_id)
   per_step = cfg.epochs * cfg.minibatches
