@@ -35,9 +35,10 @@ def test_row_buckets():
 
 def stage_ctx(tmp_path, tokenizer, loss_agg):
   cfg = tiny()
+  # One update per batch, no replay or entropy term unless a test turns them on.
   cfg.grpo.update(dict(steps=1, prompts_per_step=4, group_size=4, max_new_tokens=16,
-                       dynamic_sampling=True))
-  cfg.grpo.loss.loss_agg = loss_agg
+                       dynamic_sampling=True, epochs=1, minibatches=1, replay_weight=0.0))
+  cfg.grpo.loss.update(dict(loss_agg=loss_agg, entropy_coef=0.0))
   cfg.grpo.reward.w_lang = 1.0  # a random model's rewards then vary within most groups
   cfg.grpo.optim.learning_rate = 1e-2
   mesh = sharding.make_mesh(1, -1, 1, devices=jax.devices()[:2])

@@ -38,6 +38,12 @@ class CheckpointManager:
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save)
     self._mgr = ocp.CheckpointManager(self.directory, options=options)
+    # Orbax removes unfinished steps (`STEP.orbax-checkpoint-tmp-*`) in the background and only
+    # waits for that before its next save; wait here so an opened directory is already clean
+    # (a restore right after a crash otherwise races the cleanup on a loaded machine).
+    await_cleanup = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
 
   def save(self, step: int, params: Any, opt_state: Any = None, rng: Optional[jax.Array] = None,
            metadata: Optional[dict] = None, force: bool = False) -> bool:
