@@ -17,8 +17,8 @@ _CHOICES = {
 _POSITIVE = ("pretrain.steps", "pretrain.batch_size", "pretrain.seq_len", "sft.steps", "sft.batch_size",
              "sft.seq_len", "grpo.steps", "grpo.prompts_per_step", "grpo.max_new_tokens", "grpo.epochs",
              "grpo.minibatches", "grpo.replay_batch_size", "grpo.replay_problems", "distill.steps",
-             "distill.batch_size", "distill.samples_per_problem", "dpo.steps", "dpo.batch_size", "eval.n_problems", "eval.k", "eval.max_new_tokens",
-             "log_every", "checkpoint_every")
+             "distill.batch_size", "distill.samples_per_problem", "dpo.steps", "dpo.batch_size",
+             "eval.n_problems", "eval.k", "eval.max_new_tokens", "log_every", "checkpoint_every")
 
 
 def _get(cfg, dotted: str):
@@ -58,7 +58,8 @@ def validate_config(cfg) -> None:
   if not 0 <= cfg.grpo.loss.epsilon_low < 1 or cfg.grpo.loss.epsilon_high < 0:
     raise ValueError("config.grpo.loss.epsilon_low must be in [0, 1) and epsilon_high >= 0")
   if cfg.grpo.replay_weight < 0:
-    raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), got {cfg.grpo.replay_weight}")
+    raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), "
+                     f"got {cfg.grpo.replay_weight}")
   _check_async_rl(cfg.grpo.async_rl)
   if cfg.data.source == "procedural":
     tasks = [t.strip() for t in cfg.data.tasks.split(",") if t.strip()]

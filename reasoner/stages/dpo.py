@@ -66,14 +66,15 @@ def pair_batch(pairs, seq_len: int, pad_id: int) -> dict:
           "rejected": rollout_rows(prompts, [r for _, _, r in pairs], seq_len, pad_id)}
 
 
-def pair_logps(ctx: StageContext, params, pairs, seq_len: int):
-  """Total log-probs (chosen [n], rejected [n]) of the responses of `pairs` under `params`."""
+def pair_logps(ctx: StageContext, params, pairs, seq_len: int, chunk_size: int = 64):
+  """Total log-probs (chosen [n], rejected [n]) of the responses of `pairs` under `params`,
+  computed `chunk_size` pairs at a time (the last chunk padded: one compile)."""
   fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
   out_c, out_r = [], []
-  for i in range(0, len(pairs), 64):
-    chunk = pairs[i:i + 64]
+  for i in range(0, len(pairs), chunk_size):
+    chunk = pairs[i:i + chunk_size]
     n = len(chunk)
-    chunk = chunk + chunk[:1] * (64 - n)  # fixed shape: one compile
+    chunk = chunk + chunk[:1] * (chunk_size - n)
     c, r = fn(params, pair_batch(chunk, seq_len, ctx.tokenizer.pad_id))
     out_c.append(to_host(c)[:n])
     out_r.append(to_host(r)[:n])
@@ -111,15 +112,8 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
                      "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
   print(f"[dpo] {len(pairs)} preference pairs", flush=True)
   data = pair_batch(pairs, cfg.seq_len, ctx.tokenizer.pad_id)
-  ref_fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
-  ref_c, ref_r = [], []
-  for i in range(0, len(pairs), cfg.batch_size):
-    idx = np.resize(np.arange(i, min(i + cfg.batch_size, len(pairs))), cfg.batch_size)
-    c, r = ref_fn(params, jax.tree.map(lambda x: x[idx], data))
-    n = min(cfg.batch_size, len(pairs) - i)
-    ref_c.append(to_host(c)[:n])
-    ref_r.append(to_host(r)[:n])
-  data["ref_chosen_logps"], data["ref_rejected_logps"] = np.concatenate(ref_c), np.concatenate(ref_r)
+  data["ref_chosen_logps"], data["ref_rejected_logps"] = pair_logps(ctx, params, pairs, cfg.seq_len,
+                                                                    cfg.batch_size)
 
   replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
                           cfg.seq_len, ctx.tokenizer.pad_id)
