@@ -65,3 +65,32 @@ def test_sharded_forward_equals_unsharded(shape):
   out = fn(params, batch)
   assert out.sharding.spec == sharding.batch_spec(3, mesh)
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+# ---- one XLA:CPU device per core ----------------------------------------------------------------
+
+_CPU_DEVICES = """
+import jax
+from reasoner import sharding
+assert sharding.use_cpu_devices({n}) == {n}
+assert len(jax.devices()) == {n}, jax.devices()
+assert sharding.use_cpu_devices({n}) == {n}  # the same count again is fine
+try:
+  sharding.use_cpu_devices({n} + 1)
+except RuntimeError as e:
+  print("ERROR", e)
+"""
+
+
+def test_use_cpu_devices_sets_the_count_and_refuses_after_init():
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # The inherited XLA_FLAGS ask for 8 devices; use_cpu_devices overrides them.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
+  proc = subprocess.run([sys.executable, "-c", _CPU_DEVICES.format(n=3)], capture_output=True,
+                        text=True, cwd=root, env=env, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "ERROR use_cpu_devices(4) must be called before JAX initialises its backends" in proc.stdout
+  assert "already has 3 CPU devices" in proc.stdout
