@@ -14,10 +14,9 @@ XLA device per core, `--cpu_devices`, because XLA:CPU runs a small op on one thr
 column says which won). `GFLOP/s` is our call's model FLOPs (`model_flops`) over its time;
 `ceiling`, shown where our call runs at half or more of this machine's float32 matmul rate at the
 model's shapes (`gemm_flops_per_s`), i.e. is compute-bound, is the ratio a call doing those
-FLOPs at that rate would reach: the most a compute-bound configuration can get. On a
-GPU/TPU the batch-1 decode is
-compared with the memory-bandwidth roofline: (bytes of params + bytes of KV cache read per
-step) / (time per step), over the device's peak HBM bandwidth.
+FLOPs at that rate would reach: the most a compute-bound configuration can get. On a GPU/TPU
+the batch-1 decode is compared with the memory-bandwidth roofline: (bytes of params + bytes of
+KV cache read per step) / (time per step), over the device's peak HBM bandwidth.
 """
 
 from __future__ import annotations
@@ -157,7 +156,6 @@ def gemm_flops_per_s(cfg, batch: int, repeats: int = 5) -> float:
   keys = jax.random.split(jax.random.PRNGKey(0), 8)
   ws = [(jax.random.normal(k, (d, f), jnp.float32), jax.random.normal(k, (f, d), jnp.float32))
         for k in keys]
-
   loops = 4
 
   @jax.jit
