@@ -115,7 +115,7 @@ def run_mode(args, params, model_cfg, tokenizer, staleness: int | None,
           "s_step": wall / len(window), "total_s": total,
           "learner_busy": learn / wall, "learner_wait": learner_wait / wall,
           "actor_busy": rollout / wall, "actor_wait": actor_wait / wall,
-          "cpu": cpu / (wall * len(os.sched_getaffinity(0))),
+          "cpu": cpu / (wall * sharding.cpu_cores()),
           "learn_s": learn / len(window),
           "rollout_s": sum(r["time/rollout_s"] for r in window) / len(window),
           "reward": float(np.mean([r["reward"] for r in window]))}
@@ -149,7 +149,7 @@ def main(argv=None):
   except OSError:
     load = "load average unknown"
   print(f"jax {jax.__version__} on {dev.platform} ({len(jax.devices())} device(s)), "
-        f"{len(os.sched_getaffinity(0))} CPU cores, {load}; {args.steps} steps, "
+        f"{sharding.cpu_cores()} CPU cores, {load}; {args.steps} steps, "
         f"first {args.warmup} left out")
   runs = [[] for _ in modes]
   for _ in range(args.repeats):

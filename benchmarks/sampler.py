@@ -22,7 +22,6 @@ KV cache read per step) / (time per step), over the device's peak HBM bandwidth.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -222,7 +221,7 @@ def main(argv=None):
       print("torch / transformers not importable: skipping the transformers side")
       use_torch = False
   torch_threads = ([int(t) for t in args.torch_threads.split(",")] if args.torch_threads
-                   else [len(os.sched_getaffinity(0))])
+                   else [sharding.cpu_cores()])
   sharding.use_cpu_devices(args.cpu_devices)
   dev = jax.devices()[0]
   n_dev = len(jax.devices())
@@ -230,7 +229,7 @@ def main(argv=None):
   if max(splits) > n_dev or min(splits) < 1:
     raise SystemExit(f"--splits={args.splits}: this process has {n_dev} device(s)")
   print(f"jax {jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '?')}), "
-        f"{len(os.sched_getaffinity(0))} CPU cores, {n_dev} device(s); prompt {args.prompt_len}, "
+        f"{sharding.cpu_cores()} CPU cores, {n_dev} device(s); prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, greedy, dtype {args.dtype}")
   header = (f"{'preset':<8}{'batch':>6}{'devs':>5}{'ours tok/s':>12}{'decode tok/s':>14}"
             f"{'compile s':>11}{'GFLOP/s':>9}{'hf tok/s':>14}{'hf decode':>11}{'ratio':>8}"

@@ -94,3 +94,13 @@ def test_use_cpu_devices_sets_the_count_and_refuses_after_init():
   assert proc.returncode == 0, proc.stderr
   assert "ERROR use_cpu_devices(4) must be called before JAX initialises its backends" in proc.stdout
   assert "already has 3 CPU devices" in proc.stdout
+
+
+def test_cpu_cores_uses_the_affinity_mask_or_the_cpu_count(monkeypatch):
+  import os
+  assert sharding.cpu_cores() == len(os.sched_getaffinity(0))
+  monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+  monkeypatch.setattr(os, "cpu_count", lambda: 6)
+  assert sharding.cpu_cores() == 6
+  monkeypatch.setattr(os, "cpu_count", lambda: None)
+  assert sharding.cpu_cores() == 1

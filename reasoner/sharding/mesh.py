@@ -47,6 +47,13 @@ def mesh_from_config(cfg) -> Mesh:
   return make_mesh(int(cfg.data), int(cfg.fsdp), int(cfg.tensor))
 
 
+def cpu_cores() -> int:
+  """Cores this process may run on (its affinity mask where the OS has one, e.g. not macOS)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def use_cpu_devices(n: int = 0) -> int:
   """Splits the host CPU into `n` XLA devices (0: one per core this process may use).
 
@@ -58,7 +65,7 @@ def use_cpu_devices(n: int = 0) -> int:
   before JAX's backends are initialised (before the first `jax.devices()` or computation).
   Returns n.
   """
-  n = int(n) if n and n > 0 else len(os.sched_getaffinity(0))
+  n = int(n) if n and n > 0 else cpu_cores()
   try:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError as e:
