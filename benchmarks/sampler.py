@@ -30,8 +30,7 @@ import numpy as np
 
 from reasoner import sharding
 from reasoner.model import get_config, init_params
-from reasoner.sampling import SamplingConfig, generate, prompt_arrays
-from reasoner.sampling import sampler as sampler_lib
+from reasoner.sampling import SamplingConfig, generate, prepare
 
 # Peak HBM bandwidth in bytes/s by `device_kind` substring (first match wins).
 PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100", 3.35e12), ("A100", 2.0e12), ("v5p", 2.76e12),
@@ -71,21 +70,14 @@ def bench_ours(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int,
   assert out.tokens.shape == (batch, new_tokens) and (out.lengths == new_tokens).all()
   total = _time(run, repeats)
 
-  # Decode alone: the same compiled programs, prefill done outside the timer.
-  import json
-  cache_len = prompt_len + new_tokens
-  pre, dec = sampler_lib._programs(json.dumps(cfg.to_dict(), sort_keys=True), sc, 0, -1,
-                                   cache_len, mesh)
-  inputs = prompt_arrays(prompts, prompt_len)[:3]
-  if mesh is not None:
-    inputs = sharding.shard_batch(inputs, mesh)
-    rng = jax.device_put(rng, sharding.replicated(mesh))
+  # Decode alone: the same compiled programs and placed inputs, prefill outside the timer.
+  call = prepare(cfg, prompts, sc, rng, pad_id=0, eos_id=-1, mesh=mesh)
 
   def decode_only():
-    cache, logits, nxt = pre(params, *inputs)
+    cache, logits, nxt = call.prefill(params, *call.inputs)
     jax.block_until_ready(cache)
     t0 = time.perf_counter()
-    buf, cache = dec(params, cache, logits, nxt, rng)
+    buf, cache = call.decode(params, cache, logits, nxt, call.rng)
     jax.block_until_ready(buf.tokens)
     return time.perf_counter() - t0
 

@@ -2,7 +2,6 @@
 compile-cache and sharding invariants."""
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +12,8 @@ from reasoner import sharding
 from reasoner.model import ModelConfig, forward, init_params
 from reasoner.model import layers as L
 from reasoner.sampling import (TRACE_COUNT, SamplingConfig, bucket, filter_logits, generate,
-                               prompt_arrays, sample, select_next)
+                               prepare, prompt_arrays, sample, select_next)
 from reasoner.sampling import decode_model
-from reasoner.sampling import sampler as sampler_lib
 from reasoner.sampling.step import init_buffers
 
 CFG = ModelConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
@@ -286,9 +284,10 @@ def test_cached_attention_equals_gqa_attention(rows):
 
 def test_decode_donates_the_cache(params):
   sc = SamplingConfig(max_new_tokens=4, greedy=True)
-  pre, dec = sampler_lib._programs(json.dumps(CFG.to_dict(), sort_keys=True), sc, PAD, -1, 36, None)
-  arrays = prompt_arrays(PROMPTS, 32, pad_id=PAD)[:3]
-  cache, logits, nxt = pre(params, *arrays)
+  call = prepare(CFG, PROMPTS, sc, jax.random.PRNGKey(0), pad_id=PAD, eos_id=-1)
+  pre, dec = call.prefill, call.decode
+  assert call.inputs[0].shape[1] == 32  # the prompt bucket
+  cache, logits, nxt = pre(params, *call.inputs)
   assert "input_output_alias" in dec.lower(params, cache, logits, nxt,
                                            jax.random.PRNGKey(0)).compile().as_text()[:2000]
   _, new_cache = dec(params, cache, logits, nxt, jax.random.PRNGKey(0))
@@ -304,9 +303,8 @@ def test_sharded_generate_equals_single_device(params):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
   sc = SamplingConfig(max_new_tokens=8, greedy=True, n=2)
-  pre, _ = sampler_lib._programs(json.dumps(CFG.to_dict(), sort_keys=True), sc, PAD, -1, 40, mesh)
-  arrays = sharding.shard_batch(prompt_arrays(PROMPTS, 32, rows=4, pad_id=PAD)[:3], mesh)
-  cache, _, _ = pre(sharded, *arrays)
+  call = prepare(CFG, PROMPTS, sc, jax.random.PRNGKey(0), pad_id=PAD, eos_id=-1, mesh=mesh)
+  cache, _, _ = call.prefill(sharded, *call.inputs)
   k0, v0 = cache["k"][0], cache["v"][0]  # layer 0: [rows, kv_heads, head_dim / slots, ...]
   assert k0.shape == (8, 2, 16, 40) and v0.shape == (8, 2, 40, 16)
   assert tuple(k0.sharding.spec)[:2] == tuple(v0.sharding.spec)[:2] == (("data", "fsdp"), "tensor")

@@ -2,9 +2,10 @@
 samples per prompt, stop tokens and sequences, and thinking-budget control."""
 
 from reasoner.sampling.config import SamplingConfig
-from reasoner.sampling.sampler import (TRACE_COUNT, SampleOutput, bucket, decode, generate,
-                                       prefill, prompt_arrays, sample)
+from reasoner.sampling.sampler import (TRACE_COUNT, PreparedCall, SampleOutput, bucket, decode,
+                                       generate, prefill, prepare, prompt_arrays, sample)
 from reasoner.sampling.step import Buffers, filter_logits, select_next
 
-__all__ = ["SamplingConfig", "SampleOutput", "Buffers", "TRACE_COUNT", "bucket", "decode",
-           "filter_logits", "generate", "prefill", "prompt_arrays", "sample", "select_next"]
+__all__ = ["SamplingConfig", "SampleOutput", "PreparedCall", "Buffers", "TRACE_COUNT", "bucket",
+           "decode", "filter_logits", "generate", "prefill", "prepare", "prompt_arrays", "sample",
+           "select_next"]

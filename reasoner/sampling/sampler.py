@@ -201,14 +201,27 @@ def _check_prompts(prompts, cfg: ModelConfig, sampling: SamplingConfig):
   return out
 
 
-def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-             rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None) -> SampleOutput:
-  """Samples `sampling.n` completions for each prompt (lists of token ids).
+@dataclasses.dataclass
+class PreparedCall:
+  """What `generate` runs: the compiled programs and their inputs, placed on the mesh.
 
-  With `mesh`, params must already be placed (e.g. `reasoner.sharding.shard_params`); prompt rows
-  are split over the batch axes (padded with dummy rows to a multiple of data*fsdp) and the
-  cache over batch and kv heads. Returns NumPy arrays (see `SampleOutput`).
+  `prefill(params, *inputs)` -> (cache, logits, next_pos); `decode(params, cache, logits,
+  next_pos, rng)` -> (Buffers, cache) with the cache donated. Rows beyond `keep` are batch
+  padding for the mesh; `prompt_lengths` holds the kept rows' true prompt lengths.
   """
+
+  prefill: object
+  decode: object
+  inputs: tuple
+  rng: jax.Array
+  keep: int
+  prompt_lengths: np.ndarray
+
+
+def prepare(cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+            rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None) -> PreparedCall:
+  """Checks the prompts, left-pads them to their bucket, places them (and rng) on the mesh and
+  looks up the compiled programs: everything `generate` does before running them."""
   prompts = _check_prompts(prompts, cfg, sampling)
   b, n = len(prompts), sampling.n
   width = bucket(max(len(p) for p in prompts), sampling.prompt_buckets)
@@ -220,17 +233,30 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samplin
   tokens, positions, segments, lengths = prompt_arrays(prompts, width, rows, pad_id)
   cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
   pre, dec = _programs(cfg_json, sampling, int(pad_id), int(eos_id), cache_len, mesh)
+  inputs = (tokens, positions, segments)
   if mesh is not None:
     from reasoner import sharding
-    tokens, positions, segments = sharding.shard_batch((tokens, positions, segments), mesh)
+    inputs = sharding.shard_batch(inputs, mesh)
     rng = jax.device_put(rng, sharding.replicated(mesh))
-  cache, logits, next_pos = pre(params, tokens, positions, segments)
-  buf, cache = dec(params, cache, logits, next_pos, rng)
+  return PreparedCall(prefill=pre, decode=dec, inputs=tuple(inputs), rng=rng, keep=b * n,
+                      prompt_lengths=np.repeat(lengths, n)[:b * n])
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+             rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None) -> SampleOutput:
+  """Samples `sampling.n` completions for each prompt (lists of token ids).
+
+  With `mesh`, params must already be placed (e.g. `reasoner.sharding.shard_params`); prompt rows
+  are split over the batch axes (padded with dummy rows to a multiple of data*fsdp) and the
+  cache over batch and kv heads. Returns NumPy arrays (see `SampleOutput`).
+  """
+  call = prepare(cfg, prompts, sampling, rng, pad_id=pad_id, eos_id=eos_id, mesh=mesh)
+  cache, logits, next_pos = call.prefill(params, *call.inputs)
+  buf, cache = call.decode(params, cache, logits, next_pos, call.rng)
   del cache
   from reasoner.sharding import to_host
-  keep = b * n
-  get = lambda x: to_host(x)[:keep]
+  get = lambda x: to_host(x)[:call.keep]
   return SampleOutput(tokens=get(buf.tokens), logprobs=get(buf.logprobs),
                       sample_logprobs=get(buf.sample_logprobs), lengths=get(buf.lengths),
                       done=get(buf.done), injected=get(buf.injected),
-                      prompt_lengths=np.repeat(lengths, n)[:keep])
+                      prompt_lengths=call.prompt_lengths)
