@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Optional
 
 ARCHITECTURES = ("llama", "qwen2")
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,14 @@ class ModelConfig:
   param_dtype: str = "float32"  # stored (master) weights
   remat: bool = False  # rematerialise each layer in the backward pass
   init_std: float = 0.02
+  # Training / prefill attention (reasoner.model.attention): auto | dense | blockwise | cudnn |
+  # splash. "auto" picks the memory-efficient kernel of the backend for long rows.
+  attention: str = "auto"
+  # LoRA adapters (reasoner.model.lora) on the projections named in lora_targets; rank 0 = none.
+  # Each adapted projection adds (lora_alpha / lora_rank) x (x a) b to x w.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
 
   def __post_init__(self):
     validate(self)
@@ -74,6 +83,15 @@ def validate(cfg: ModelConfig) -> None:
     raise ValueError(f"n_heads ({cfg.n_heads}) must be a multiple of n_kv_heads ({cfg.n_kv_heads})")
   if cfg.head_dim % 2:
     raise ValueError(f"head_dim must be even for rotary embeddings, got {cfg.head_dim}")
+  from reasoner.model.attention import IMPLS
+  if cfg.attention not in IMPLS:
+    raise ValueError(f"unknown attention {cfg.attention!r}; expected one of {IMPLS}")
+  if cfg.lora_rank < 0:
+    raise ValueError(f"lora_rank must be >= 0 (0 = no adapters), got {cfg.lora_rank}")
+  targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+  bad = sorted(set(targets) - set(LORA_TARGETS))
+  if bad or (cfg.lora_rank and not targets):
+    raise ValueError(f"lora_targets must name some of {LORA_TARGETS}, got {cfg.lora_targets!r}")
   for name in ("dtype", "param_dtype"):
     if getattr(cfg, name) not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(cfg, name)!r}")

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from reasoner.model import layers as L
+from reasoner.model.attention import attention
 from reasoner.model.config import ModelConfig
+from reasoner.sharding.activations import constrain
 
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
@@ -111,28 +113,99 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Optional[str] 
   }
 
 
+# Per projection: the einsum of x with the weight, and those of x with a LoRA adapter's `a` and
+# of (x a) with its `b` (`a` takes the weight's input dims and rank r, `b` rank r and its output
+# dims; see `reasoner.model.lora`).
+_PROJ = {
+    "wq": ("btd,dhk->bthk", "btd,dr->btr", "btr,rhk->bthk"),
+    "wk": ("btd,dhk->bthk", "btd,dr->btr", "btr,rhk->bthk"),
+    "wv": ("btd,dhk->bthk", "btd,dr->btr", "btr,rhk->bthk"),
+    "wo": ("bthk,hkd->btd", "bthk,hkr->btr", "btr,rd->btd"),
+    "w_gate": ("btd,df->btf", "btd,dr->btr", "btr,rf->btf"),
+    "w_up": ("btd,df->btf", "btd,dr->btr", "btr,rf->btf"),
+    "w_down": ("btf,fd->btd", "btf,fr->btr", "btr,rd->btd"),
+}
+
+
+def project(cfg: ModelConfig, x: jax.Array, lp, name: str) -> jax.Array:
+  """x times this layer's weight `name`, plus (lora_alpha / lora_rank) x (x a) b when the
+  layer params carry an adapter for it (lp["lora"][name] = {"a", "b"}); never merged."""
+  dt = x.dtype
+  eq, eq_a, eq_b = _PROJ[name]
+  y = jnp.einsum(eq, x, lp[name].astype(dt))
+  adapter = lp.get("lora", {}).get(name)
+  if adapter is not None:
+    xa = jnp.einsum(eq_a, x, adapter["a"].astype(dt))
+    y = y + (cfg.lora_alpha / cfg.lora_rank) * jnp.einsum(eq_b, xa, adapter["b"].astype(dt))
+  return y
+
+
 def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_attention):
   """One pre-norm block on h [b, t, D] with this layer's params `lp` (unstacked).
 
-  kv_fn(k, v) -> (keys, values, mask [b, t, s], extra carried out) turns the new keys / values
+  kv_fn(k, v) -> (keys, values, mask, extra carried out) turns the new keys / values
   [b, t, K, Dh] into the ones attended to (e.g. through a KV cache); `attention(q, keys, values,
-  mask)` -> [b, t, H, Dh] must accept the layout kv_fn returns. Returns (h, extra).
+  mask)` -> [b, t, H, Dh] must accept the layout and mask kv_fn returns. Returns (h, extra).
+  Activations are constrained to their logical shardings when traced under a mesh.
   """
-  dt = h.dtype
+  h = constrain(h, ("act_batch", "act_seq", "act_embed"))
   x = L.rms_norm(h, lp["attn_norm"], cfg.norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dt))
-  k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dt))
-  v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dt))
+  q = project(cfg, x, lp, "wq")
+  k = project(cfg, x, lp, "wk")
+  v = project(cfg, x, lp, "wv")
   if cfg.qkv_bias:
+    dt = h.dtype
     q, k, v = q + lp["bq"].astype(dt), k + lp["bk"].astype(dt), v + lp["bv"].astype(dt)
-  q = L.apply_rope(q, positions, inv_freq)
-  k = L.apply_rope(k, positions, inv_freq)
+  q = constrain(L.apply_rope(q, positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
+  k = constrain(L.apply_rope(k, positions, inv_freq), ("act_batch", "act_seq", "act_kv_heads", None))
+  v = constrain(v, ("act_batch", "act_seq", "act_kv_heads", None))
   keys, values, mask, extra = kv_fn(k, v)
   attn = attention(q, keys, values, mask)
-  h = h + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(dt))
+  h = h + project(cfg, attn, lp, "wo")
+  h = constrain(h, ("act_batch", "act_seq", "act_embed"))
   x = L.rms_norm(h, lp["mlp_norm"], cfg.norm_eps)
-  h = h + L.swiglu(x, lp["w_gate"].astype(dt), lp["w_up"].astype(dt), lp["w_down"].astype(dt))
+  gate = constrain(project(cfg, x, lp, "w_gate"), ("act_batch", "act_seq", "act_mlp"))
+  up = constrain(project(cfg, x, lp, "w_up"), ("act_batch", "act_seq", "act_mlp"))
+  h = h + project(cfg, jax.nn.silu(gate) * up, lp, "w_down")
   return h, extra
+
+
+def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Final hidden states [..., D] -> float32 logits [..., V] (tied or separate output head)."""
+  dt = h.dtype
+  if cfg.tie_embeddings:
+    logits = jnp.einsum("...d,vd->...v", h, params["embed"].astype(dt))
+  else:
+    logits = jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(dt))
+  return logits.astype(jnp.float32)
+
+
+def hidden_states(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
+                  segment_ids: Optional[jax.Array] = None) -> jax.Array:
+  """The training / scoring forward without the output projection: final-normed hidden
+  states [b, t, D] in cfg.dtype. Arguments as `forward` (no cache). Attention is
+  `reasoner.model.attention.attention` with `cfg.attention` (blockwise for long rows), so
+  neither [t, t] scores nor [b, t, V] logits are materialised here."""
+  b, t = tokens.shape
+  dt = _dtype(cfg.dtype)
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  segment_ids = segment_ids.astype(jnp.int32)
+  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  h = params["embed"].astype(dt)[tokens]
+  kv_fn = lambda k, v: (k, v, None, None)
+  attend = lambda q, k, v, _: attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention)
+
+  def body(h, lp):
+    fn = lambda h, lp: block(cfg, inv_freq, h, lp, positions, kv_fn, attend)
+    if cfg.remat:
+      fn = jax.checkpoint(fn)
+    h, _ = fn(h, lp)
+    return h, None
+
+  h, _ = jax.lax.scan(body, h, params["layers"])
+  h = L.rms_norm(h, params["final_norm"], cfg.norm_eps)
+  return constrain(h, ("act_batch", "act_seq", "act_embed"))
 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
@@ -154,6 +227,11 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
   Returns:
     (logits [b, t, V] float32, new cache or None[, hidden]).
   """
+  if cache is None:
+    h = hidden_states(params, tokens, positions, cfg, segment_ids=segment_ids)
+    logits = unembed(params, h, cfg)
+    return (logits, None, h) if return_hidden else (logits, None)
+
   b, t = tokens.shape
   dt = _dtype(cfg.dtype)
   if segment_ids is None:
@@ -161,50 +239,29 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
   segment_ids = segment_ids.astype(jnp.int32)
   inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
   h = params["embed"].astype(dt)[tokens]
+  index = cache["index"]
+  s = cache["k"].shape[2]
+  k_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, index))
+  mask = L.attention_mask(index + jnp.arange(t), segment_ids, jnp.arange(s), k_segments)
 
-  if cache is None:
-    slots = jnp.arange(t)
-    mask = L.attention_mask(slots, segment_ids, slots, segment_ids)
+  def body(carry, xs):
+    h, ck, cv = carry
+    lp, li = xs
 
-    def body(h, lp):
-      fn = lambda h, lp: block(cfg, inv_freq, h, lp, positions,
-                               lambda k, v: (k, v, mask, None))
-      if cfg.remat:
-        fn = jax.checkpoint(fn)
-      h, _ = fn(h, lp)
-      return h, None
+    def kv_fn(k, v):
+      zero = jnp.zeros((), jnp.int32)
+      nk = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (li, zero, index, zero, zero))
+      nv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (li, zero, index, zero, zero))
+      return nk[li].astype(dt), nv[li].astype(dt), mask, (nk, nv)
 
-    h, _ = jax.lax.scan(body, h, params["layers"])
-    new_cache = None
-  else:
-    index = cache["index"]
-    s = cache["k"].shape[2]
-    k_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, index))
-    mask = L.attention_mask(index + jnp.arange(t), segment_ids, jnp.arange(s), k_segments)
+    h, (ck, cv) = block(cfg, inv_freq, h, lp, positions, kv_fn)
+    return (h, ck, cv), None
 
-    def body(carry, xs):
-      h, ck, cv = carry
-      lp, li = xs
-
-      def kv_fn(k, v):
-        zero = jnp.zeros((), jnp.int32)
-        nk = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (li, zero, index, zero, zero))
-        nv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (li, zero, index, zero, zero))
-        return nk[li].astype(dt), nv[li].astype(dt), mask, (nk, nv)
-
-      h, (ck, cv) = block(cfg, inv_freq, h, lp, positions, kv_fn)
-      return (h, ck, cv), None
-
-    (h, ck, cv), _ = jax.lax.scan(body, (h, cache["k"], cache["v"]),
-                                  (params["layers"], jnp.arange(cfg.n_layers)))
-    new_cache = {"k": ck, "v": cv, "segment": k_segments, "index": index + t}
-
+  (h, ck, cv), _ = jax.lax.scan(body, (h, cache["k"], cache["v"]),
+                                (params["layers"], jnp.arange(cfg.n_layers)))
+  new_cache = {"k": ck, "v": cv, "segment": k_segments, "index": index + t}
   h = L.rms_norm(h, params["final_norm"], cfg.norm_eps)
-  if cfg.tie_embeddings:
-    logits = jnp.einsum("btd,vd->btv", h, params["embed"].astype(dt))
-  else:
-    logits = jnp.einsum("btd,dv->btv", h, params["lm_head"].astype(dt))
-  logits = logits.astype(jnp.float32)
+  logits = unembed(params, h, cfg)
   if return_hidden:
     return logits, new_cache, h
   return logits, new_cache

@@ -1,12 +1,18 @@
 """Logical-axis rules: one table maps parameter and activation dims onto mesh axes.
 
 A new parallelism layout is a change to the rules, not to the model. A mesh axis is dropped
-from a dim it does not divide (e.g. 2 kv heads on a tensor axis of 4 stay replicated).
+from a dim it does not divide (e.g. 14 heads on a tensor axis of 4 stay replicated); that
+costs memory and compute on every device, so it is reported with a warning (once per case).
+Parameter names (`embed`, `heads`, ...) and activation names (`act_*`, see
+`reasoner.sharding.activations`) are separate: weights split their embed dim over `fsdp`, while
+activations split rows over (data, fsdp) and keep the embed dim whole.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +34,29 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("seq", None),
     ("cache_seq", None),
+    # Activations.
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
+
+# Logical names whose size routinely differs from call to call (batch rows): not dividing the
+# mesh there is expected for small batches and is not warned about.
+_QUIET = ("batch", "act_batch")
+_WARNED: set = set()
+
+
+def _warn_dropped(name: str, size: int, axis: str, n: int) -> None:
+  key = (name, size, axis, n)
+  if name in _QUIET or key in _WARNED:
+    return
+  _WARNED.add(key)
+  warnings.warn(f"mesh axis {axis!r} (size {n}) does not divide logical axis {name!r} of size "
+                f"{size}: that dim stays unsplit (replicated) on it", stacklevel=3)
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
@@ -57,6 +85,7 @@ def logical_to_spec(logical: Sequence[Optional[str]], mesh: Mesh, rules: Rules =
       if ax in used or n == 1:
         continue
       if shape is not None and shape[i] % (size * n):
+        _warn_dropped(name, shape[i], ax, n)
         continue
       chosen.append(ax)
       size *= n

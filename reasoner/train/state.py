@@ -21,8 +21,30 @@ from reasoner.model import ModelConfig
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: number of train-step calls (micro-steps under accumulation)
-  params: Any
+  params: Any  # what the optimiser trains (all weights, or only LoRA adapters)
   opt_state: Any
+  # Weights the loss reads but nothing trains (the base model under LoRA), or None. The loss
+  # sees `model_params(state)`: the frozen tree with the trained one merged into it.
+  frozen: Any = None
+
+
+def merge_trees(base: Any, extra: Any) -> Any:
+  """Nested dicts: `base` with every leaf of `extra` added (or replacing base's at that path)."""
+  if base is None:
+    return extra
+  if extra is None:
+    return base
+  if isinstance(base, dict) and isinstance(extra, dict):
+    out = dict(base)
+    for k, v in extra.items():
+      out[k] = merge_trees(base[k], v) if k in base else v
+    return out
+  return extra
+
+
+def model_params(state: "TrainState") -> Any:
+  """The full parameter tree the model runs with: frozen weights plus trained ones."""
+  return merge_trees(state.frozen, state.params)
 
 
 def mixed_precision(cfg: ModelConfig, compute_dtype: str = "bfloat16") -> ModelConfig:
@@ -42,16 +64,29 @@ def train_state_shardings(optimizer: optax.GradientTransformation, params: Any,
   return TrainState(step=rep, params=param_shardings, opt_state=opt_sh)
 
 
+def with_frozen_shardings(shardings: TrainState, frozen_shardings: Any) -> TrainState:
+  """`shardings` (from train_state_shardings) with the frozen weights' shardings added."""
+  return shardings.replace(frozen=frozen_shardings)
+
+
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, *,
-                     mesh: Optional[Mesh] = None, param_shardings: Any = None) -> TrainState:
-  """TrainState at step 0. With a mesh, params are placed by `param_shardings` (default:
-  replicated) and the optimiser state is created directly in its shards."""
+                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
+                     frozen: Any = None, frozen_shardings: Any = None) -> TrainState:
+  """TrainState at step 0 training `params` (with `frozen` weights beside them, untouched: the
+  base model under LoRA). With a mesh, params are placed by `param_shardings` (default:
+  replicated), frozen by `frozen_shardings`, and the optimiser state is created directly in its
+  shards."""
   if mesh is None:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+                      opt_state=optimizer.init(params), frozen=frozen)
+  rep = lambda tree: jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
   if param_shardings is None:
-    param_shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), params)
+    param_shardings = rep(params)
   shardings = train_state_shardings(optimizer, params, param_shardings, mesh)
   params = jax.device_put(params, param_shardings)
   init = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
-  return jax.jit(init, out_shardings=shardings)(params)
+  state = jax.jit(init, out_shardings=shardings)(params)
+  if frozen is None:
+    return state
+  return state.replace(frozen=jax.device_put(
+      frozen, rep(frozen) if frozen_shardings is None else frozen_shardings))

@@ -7,7 +7,19 @@
 with metrics from the loss plus grad_norm (before clipping) and learning_rate. On a mesh the
 state keeps its shardings (params by `param_shardings`, optimiser state derived from them),
 every batch leaf is split over (data, fsdp) along its leading dim, metrics are replicated,
-and the input state is donated.
+the input state is donated, and the step is traced under the mesh so the model's activation
+constraints (`reasoner.sharding.activations`) apply.
+
+The loss sees `model_params(state)` (frozen weights, e.g. a LoRA base, merged with the trained
+ones) and is differentiated with respect to `state.params` only.
+
+Micro-batching: with `micro_batches` = m > 1 the batch's rows are split into m micro-batches
+(row i goes to micro-batch i mod m, so each device keeps its own rows), a `lax.scan` runs the
+forward and backward of one at a time and sums float32 gradients, and the optimiser applies
+their mean once. Peak activation memory is that of one micro-batch. Every batch leaf's leading
+dim must be a multiple of m. The update equals the full batch's when the loss is a mean over
+equal-weight micro-batches (e.g. an equal number of loss tokens in each); metrics are the mean
+over micro-batches.
 """
 
 from __future__ import annotations
@@ -15,13 +27,14 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reasoner.sharding import batch_spec, shard_batch
 from reasoner.train.optim import learning_rate_of
-from reasoner.train.state import TrainState, train_state_shardings
+from reasoner.train.state import TrainState, model_params, train_state_shardings
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -45,30 +58,70 @@ def _own_shardings(state: TrainState, mesh: Mesh) -> TrainState:
   return jax.tree.map(sh, state)
 
 
-def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+def split_micro_batches(batch: Any, m: int) -> Any:
+  """[B, ...] leaves -> [m, B / m, ...] with micro-batch j holding rows j, j + m, j + 2m, ...
+  (each device's contiguous block of rows stays on it)."""
+  def split(x):
+    if x.ndim == 0 or x.shape[0] % m:
+      raise ValueError(f"micro_batches={m} must divide every batch leaf's leading dim; got a "
+                       f"leaf of shape {tuple(x.shape)}")
+    return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def loss_and_grads(loss_fn: LossFn, state: TrainState, batch: Any, rng: jax.Array,
+                   micro_batches: int = 1):
+  """((loss, metrics), grads w.r.t. state.params), accumulated over micro-batches (the module
+  docstring). Grads are float32 sums divided by the micro-batch count."""
+  def one(trained, b, r):
+    fn = lambda p: loss_fn(model_params(state.replace(params=p)), b, r)
+    return jax.value_and_grad(fn, has_aux=True)(trained)
+
+  if micro_batches == 1:
+    return one(state.params, batch, rng)
+  micro = split_micro_batches(batch, micro_batches)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  first = jax.eval_shape(lambda: one(state.params, jax.tree.map(lambda x: x[0], micro), rng))
+  zero_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), first[0])
+
+  def body(carry, xs):
+    acc_aux, acc_g = carry
+    b, i = xs
+    aux, g = one(state.params, b, jax.random.fold_in(rng, i))
+    add = lambda a, x: a + x.astype(jnp.float32)
+    return (jax.tree.map(add, acc_aux, aux), jax.tree.map(add, acc_g, g)), None
+
+  (aux, grads), _ = jax.lax.scan(body, (zero_aux, zeros), (micro, jnp.arange(micro_batches)))
+  mean = lambda x: x / micro_batches
+  return jax.tree.map(mean, aux), jax.tree.map(mean, grads)
+
+
+def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batches: int = 1):
   def step(state: TrainState, batch: Any, rng: jax.Array):
-    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, batch, rng), has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params)
+    (loss, metrics), grads = loss_and_grads(loss_fn, state, batch, rng, micro_batches)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
                "learning_rate": learning_rate_of(opt_state)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return step
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
-                    donate: bool = True):
+                    donate: bool = True, micro_batches: int = 1, frozen_shardings: Any = None):
   """step(state, batch, rng) -> (state, metrics); see the module docstring.
 
   Without `param_shardings` on a mesh, the state keeps the shardings its arrays have (build
   it with `init_train_state(..., mesh=mesh, param_shardings=...)`). For PPO the params are
   {'model', 'value_head'}: pass {'model': sharding.param_shardings(cfg, mesh), 'value_head':
-  replicated shardings}. Batches may be host arrays or already sharded global arrays.
+  replicated shardings}. With frozen weights in the state (LoRA), `frozen_shardings` places
+  them (default: as they are). Batches may be host arrays or already sharded global arrays.
   """
-  fn = _step_fn(loss_fn, optimizer)
+  if micro_batches < 1:
+    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+  fn = _step_fn(loss_fn, optimizer, micro_batches)
   donate_argnums = (0,) if donate else ()
   if mesh is None:
     return jax.jit(fn, donate_argnums=donate_argnums)
@@ -79,14 +132,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
   def step(state: TrainState, batch: Any, rng: jax.Array):
     if not state_sh:
-      state_sh.append(_own_shardings(state, mesh) if param_shardings is None else
-                      train_state_shardings(optimizer, state.params, param_shardings, mesh))
+      own = _own_shardings(state, mesh)
+      sh = own if param_shardings is None else train_state_shardings(
+          optimizer, state.params, param_shardings, mesh).replace(frozen=own.frozen)
+      state_sh.append(sh if frozen_shardings is None else sh.replace(frozen=frozen_shardings))
     leaves, treedef = jax.tree.flatten(batch)
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if key not in compiled:
       compiled[key] = jax.jit(fn, in_shardings=(state_sh[0], batch_shardings(batch, mesh), rep),
                               out_shardings=(state_sh[0], rep), donate_argnums=donate_argnums)
-    return compiled[key](state, shard_batch(batch, mesh), rng)
+    with jax.set_mesh(mesh):
+      return compiled[key](state, shard_batch(batch, mesh), rng)
 
   return step
 
@@ -100,6 +156,7 @@ def make_eval_fn(fn: Callable[[Any, Any], Any], mesh: Optional[Mesh] = None):
     return jitted
 
   def run(params, batch):
-    return jitted(params, shard_batch(batch, mesh))
+    with jax.set_mesh(mesh):
+      return jitted(params, shard_batch(batch, mesh))
 
   return run
