@@ -190,3 +190,64 @@ def test_ppo_step_trains_value_head():
   state, m = step(init_train_state(p, opt), full, RNG)
   assert np.any(np.asarray(state.params["value_head"]["w"]) != 0)
   assert np.isfinite(float(m["vf_loss"])) and float(m["vf_loss"]) > 0
+
+
+# ---------------------------------------------------------------- micro-batching
+
+def test_micro_batches_from_a_per_device_token_budget():
+  from reasoner.train import micro_batches_for
+  assert micro_batches_for(16, 128, 0) == 1  # no budget
+  assert micro_batches_for(16, 128, 16 * 128) == 1
+  assert micro_batches_for(16, 128, 4 * 128) == 4
+  assert micro_batches_for(16, 128, 5 * 128) == 4  # 16 / 4 = 4 rows fit, 8 do not
+  assert micro_batches_for(12, 100, 250) == 6  # 2 rows per micro-batch; 3 would not divide 12
+  assert micro_batches_for(16, 128, 10) == 16  # below one row: one row at a time
+  mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)
+  assert micro_batches_for(16, 128, 128, mesh) == 2  # 2 rows per device
+  assert micro_batches_for(12, 128, 128, mesh) == 6  # 12 rows split over data (2) only: 6 per device
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_micro_batched_step_equals_the_whole_batch(on_mesh):
+  """Rows with equal loss-token counts: the mean of micro-batch gradients is the batch gradient,
+  so one SGD step lands on the same params (and reports the same loss)."""
+  import optax
+  batch = make_batch(16, seed=3, full=True)
+  opt = optax.sgd(0.5)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2) if on_mesh else None
+  shard = sharding.param_shardings(CFG, mesh) if on_mesh else None
+  out = {}
+  for m in (1, 4):
+    p = params()
+    if on_mesh:
+      p = sharding.shard_params(p, CFG, mesh)
+    state = init_train_state(p, opt, mesh=mesh, param_shardings=shard)
+    step = make_train_step(SFT, opt, mesh=mesh, param_shardings=shard, micro_batches=m)
+    state, metrics = step(state, batch, RNG)
+    out[m] = (jax.device_get(state.params), float(metrics["loss"]))
+  assert out[4][1] == pytest.approx(out[1][1], rel=1e-5)
+  assert max_diff(out[4][0], out[1][0]) < 1e-5
+
+
+def test_micro_batches_must_divide_the_rows():
+  import optax
+  step = make_train_step(SFT, optax.sgd(0.1), micro_batches=3)
+  with pytest.raises(ValueError, match="micro_batches=3 must divide"):
+    step(init_train_state(params(), optax.sgd(0.1)), make_batch(8), RNG)
+
+
+def test_micro_batching_cuts_compiled_activation_memory():
+  import optax
+  from reasoner.train.state import TrainState
+  from reasoner.train.step import _step_fn
+  cfg = CFG.replace(remat=False, max_seq_len=256)
+  loss = functools.partial(sft_loss, model_cfg=cfg)
+  opt = optax.sgd(0.1)
+  p = jax.eval_shape(lambda: init_params(cfg, RNG))
+  state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                              opt_state=opt.init(p)), p)
+  b = {k: jax.ShapeDtypeStruct((32, 256), jnp.float32 if k == "loss_mask" else jnp.int32)
+       for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+  temp = lambda m: (jax.jit(_step_fn(loss, opt, m)).lower(state, b, RNG).compile()
+                    .memory_analysis().temp_size_in_bytes)
+  assert temp(8) < temp(1) / 3

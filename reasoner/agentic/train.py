@@ -137,7 +137,7 @@ def make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None,
                      f"minibatches = {g.minibatches}")
   train_step = make_train_step(functools.partial(grpo_loss, model_cfg=model_cfg, config=loss_cfg),
                                optimizer, mesh=mesh, param_shardings=_shardings(model_cfg, mesh))
-  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, model_cfg, b)[0], mesh=mesh)
+  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0], mesh=mesh)
   make_env = make_env_factory(cfg, task, tokenizer)
 
   def step_fn(state, step, rng):

@@ -93,7 +93,7 @@ def response_logps(params, cfg: ModelConfig, batch: Mapping[str, Any],
                    length_normalize: bool = False):
   """Log-probs of chosen and rejected responses in one [2b, t] forward: ([b], [b])."""
   both = _stack(batch["chosen"], batch["rejected"])
-  logp, _ = sequence_logprobs(params, cfg, both)
+  logp, _ = sequence_logprobs(params, cfg, both, entropy=False)
   mask = both["loss_mask"].astype(jnp.float32)
   seq = jnp.sum(logp * mask, axis=1)
   if length_normalize:

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from reasoner.losses.common import config_from, masked_mean, shift_right
-from reasoner.losses.logprobs import (continues_segment, model_logits, token_entropy,
-                                      token_logprobs)
+from reasoner.losses.logprobs import continues_segment, sequence_stats
 from reasoner.model import ModelConfig
 
 
@@ -127,10 +126,9 @@ def ppo_objective(logp: jax.Array, old_logp: jax.Array, values: jax.Array,
 
 def ppo_forward(params: Mapping[str, Any], cfg: ModelConfig, batch: Mapping[str, Any]):
   """params {'model', 'value_head'} -> (logp, entropy, values), each [b, t] float32."""
-  logits, hidden = model_logits(params["model"], cfg, batch, return_hidden=True)
-  seg = batch.get("segment_ids")
-  return (token_logprobs(logits, batch["tokens"], seg), token_entropy(logits, seg),
-          apply_value_head(params["value_head"], hidden, seg))
+  out = sequence_stats(params["model"], cfg, batch, entropy=True, return_hidden=True)
+  return (out["logp"], out["entropy"],
+          apply_value_head(params["value_head"], out["hidden"], batch.get("segment_ids")))
 
 
 def ppo_loss(params: Mapping[str, Any], batch: Mapping[str, Any], rng: jax.Array, *,

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from reasoner.losses.common import masked_mean, shift_right
-from reasoner.losses.logprobs import model_logits, token_logprobs
+from reasoner.losses.common import masked_mean
+from reasoner.losses.logprobs import sequence_stats
 from reasoner.model import ModelConfig
 
 
@@ -28,11 +28,9 @@ def sft_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: Mod
   masked tokens) and n_tokens.
   """
   del rng
-  logits = model_logits(params, model_cfg, batch)
+  stats = sequence_stats(params, model_cfg, batch, argmax=True)
   mask = batch["loss_mask"].astype(jnp.float32)
-  logp = token_logprobs(logits, batch["tokens"], batch.get("segment_ids"))
-  loss = sft_objective(logp, mask)
-  predicted = shift_right(jnp.argmax(logits, axis=-1).astype(batch["tokens"].dtype))
-  correct = (predicted == batch["tokens"]).astype(jnp.float32)
+  loss = sft_objective(stats["logp"], mask)
+  correct = (stats["argmax"] == batch["tokens"]).astype(jnp.float32)
   metrics = {"loss": loss, "accuracy": masked_mean(correct, mask), "n_tokens": jnp.sum(mask)}
   return loss, jax.lax.stop_gradient(metrics)

@@ -40,6 +40,10 @@ class ModelConfig:
   # Training / prefill attention (reasoner.model.attention): auto | dense | blockwise | cudnn |
   # splash. "auto" picks the memory-efficient kernel of the backend for long rows.
   attention: str = "auto"
+  # Output-layer memory (reasoner.losses.logprobs): when a device's float32 [rows, seq, vocab]
+  # logits would exceed this many MiB, log-probs / entropies are computed over sequence chunks
+  # of at most this size each (recomputed in the backward pass); 0 = never chunk.
+  logits_chunk_mib: int = 256
   # LoRA adapters (reasoner.model.lora) on the projections named in lora_targets; rank 0 = none.
   # Each adapted projection adds (lora_alpha / lora_rank) x (x a) b to x w.
   lora_rank: int = 0
@@ -86,6 +90,8 @@ def validate(cfg: ModelConfig) -> None:
   from reasoner.model.attention import IMPLS
   if cfg.attention not in IMPLS:
     raise ValueError(f"unknown attention {cfg.attention!r}; expected one of {IMPLS}")
+  if cfg.logits_chunk_mib < 0:
+    raise ValueError(f"logits_chunk_mib must be >= 0 (0 = never chunk), got {cfg.logits_chunk_mib}")
   if cfg.lora_rank < 0:
     raise ValueError(f"lora_rank must be >= 0 (0 = no adapters), got {cfg.lora_rank}")
   targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]

@@ -163,7 +163,7 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   if replay is not None:
     loss_fn = with_replay(loss_fn, float(cfg.replay_weight), ctx.model_cfg)
   train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b)[0], mesh=ctx.mesh)
+  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b, entropy=False)[0], mesh=ctx.mesh)
 
   def learn(state, gb: GRPOBatch, step: int, rng: jax.Array,
             behaviour_logprobs: Optional[np.ndarray] = None):

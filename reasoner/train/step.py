@@ -58,6 +58,27 @@ def _own_shardings(state: TrainState, mesh: Mesh) -> TrainState:
   return jax.tree.map(sh, state)
 
 
+def micro_batches_for(rows: int, seq_len: int, tokens_per_device: int,
+                      mesh: Optional[Mesh] = None) -> int:
+  """How many micro-batches a [rows, seq_len] batch needs so that each device processes at most
+  `tokens_per_device` tokens at a time: the smallest m dividing the rows each device holds
+  (rows over the mesh's data x fsdp axes, where they divide) with rows / devices / m x seq_len
+  within the budget (1 when tokens_per_device <= 0: no budget). A budget below one row's
+  tokens gives one row at a time."""
+  if tokens_per_device <= 0:
+    return 1
+  shards = 1
+  if mesh is not None:
+    for ax in ("data", "fsdp"):
+      if rows % (shards * mesh.shape[ax]) == 0:
+        shards *= mesh.shape[ax]
+  local = rows // shards
+  for m in range(1, local):
+    if local % m == 0 and local // m * seq_len <= tokens_per_device:
+      return m
+  return local
+
+
 def split_micro_batches(batch: Any, m: int) -> Any:
   """[B, ...] leaves -> [m, B / m, ...] with micro-batch j holding rows j, j + m, j + 2m, ...
   (each device's contiguous block of rows stays on it)."""

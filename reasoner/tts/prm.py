@@ -37,9 +37,8 @@ import optax
 
 from reasoner.data.problem import Problem
 from reasoner.losses.common import masked_mean
-from reasoner.losses.logprobs import token_logprobs
+from reasoner.losses.logprobs import sequence_stats
 from reasoner.losses.ppo import init_value_head
-from reasoner.model import decoder
 from reasoner.model.config import ModelConfig
 from reasoner.rewards.verify import THINK_CLOSE
 from reasoner.sampling import bucket
@@ -79,9 +78,9 @@ def step_features(params, tokens: jax.Array, positions: jax.Array, segment_ids: 
   the last prompt token). Padded entries may hold anything (mask them). Returns [b, s, D + 2]
   float32: hidden state at the end, mean token log-prob of the step, running min of that mean.
   """
-  logits, _, hidden = decoder.forward(params, tokens, positions, cfg, segment_ids=segment_ids,
-                                      return_hidden=True)
-  logp = token_logprobs(logits, tokens, segment_ids)
+  out = sequence_stats(params, cfg, dict(tokens=tokens, positions=positions,
+                                         segment_ids=segment_ids), return_hidden=True)
+  logp, hidden = out["logp"], out["hidden"]
   total = jnp.cumsum(logp, axis=1)
   take = lambda x, i: jnp.take_along_axis(x, i, axis=1)
   mean = (take(total, ends) - take(total, starts)) / jnp.maximum(ends - starts, 1)
