@@ -58,6 +58,19 @@ def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation):
   return step
 
 
+def jit_step(fn, state_shardings: TrainState, batch: Any, mesh: Mesh, donate: bool = True):
+  """The jitted program `make_train_step` runs on `mesh` for batches shaped like `batch` (arrays
+  or ShapeDtypeStructs): fn = `_step_fn(loss_fn, optimizer)`, state kept at `state_shardings`."""
+  rep = NamedSharding(mesh, P())
+  return jax.jit(fn, in_shardings=(state_shardings, batch_shardings(batch, mesh), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+
+
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits."""
+  return _step_fn(loss_fn, optimizer)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
                     donate: bool = True):
@@ -84,8 +97,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     leaves, treedef = jax.tree.flatten(batch)
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if key not in compiled:
-      compiled[key] = jax.jit(fn, in_shardings=(state_sh[0], batch_shardings(batch, mesh), rep),
-                              out_shardings=(state_sh[0], rep), donate_argnums=donate_argnums)
+      compiled[key] = jit_step(fn, state_sh[0], batch, mesh, donate=donate)
     return compiled[key](state, shard_batch(batch, mesh), rng)
 
   return step
