@@ -55,13 +55,18 @@ class GRPOBatch:
   any_kept: bool  # some group has a non-zero advantage
 
 
+def rollout_sampling(cfg) -> SamplingConfig:
+  """How config.grpo `cfg` samples: group_size completions of max_new_tokens per prompt."""
+  return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, n=cfg.group_size)
+
+
 def make_collect(ctx: StageContext):
   """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`."""
   cfg = ctx.config.grpo
   scale_by_std = grpo_config(cfg).scale_by_std
   P, G = cfg.prompts_per_step, cfg.group_size
-  sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, n=G)
+  sampling = rollout_sampling(cfg)
   n_rows = row_buckets(P * G, cfg.minibatches * batch_shards(ctx.mesh),
                        compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")
 
