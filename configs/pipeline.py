@@ -168,9 +168,12 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   # A TPU v4-32 slice: 16 chips of 32 GiB, 24 GiB of each planned for; mesh fsdp 4 x tensor 4.
   v4_32 = _hardware("tpu-v4-32", devices=16, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
-    return _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small, lr_scale=2.0)
-  if preset == "qwen2_5_7b_gsm8k":
-    return _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32)
-  if preset == "llama3_1_8b_gsm8k":
-    return _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32)
-  raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
+    c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small, lr_scale=2.0)
+  elif preset == "qwen2_5_7b_gsm8k":
+    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32)
+  elif preset == "llama3_1_8b_gsm8k":
+    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32)
+  else:
+    raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
+  c.preset = preset  # _real starts from tiny()
+  return c
