@@ -46,11 +46,15 @@ def _parse_flags(argv):
   """absl's parsing, with a bad preset, config typo or flag value as one line and exit 2."""
   try:
     return flags.FLAGS(argv)
-  except AttributeError as e:  # ml_collections: --config.a.b names no field
-    name = str(e).strip("\"'")
-    hits = [a.split("=")[0] for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(name)}(=|$)", a)]
-    _fail(f"{hits[0] if hits else name}: the config has no field {name!r}")
-  except (flags.Error, ValueError, KeyError, TypeError, OSError) as e:
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.a.b names no field
+    msg = str(e)
+    found = re.search(r"([A-Za-z_][A-Za-z0-9_]*)", msg)
+    name = found.group(1) if found else msg
+    hits = [a.split("=")[0] for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(name)}(\.|=|$)", a)]
+    guess = re.search(r'Did you mean "([^"]+)"', msg)
+    _fail(f"{hits[0] if hits else name}: the config has no field {name!r}"
+          + (f" (did you mean {guess.group(1)!r}?)" if guess else ""))
+  except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(_one_line(str(e)) or type(e).__name__)
 
 
