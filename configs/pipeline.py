@@ -58,6 +58,9 @@ def tiny() -> ConfigDict:
   c.grpo.prompts_per_step = 32
   c.grpo.group_size = 8
   c.grpo.max_new_tokens = 64
+  # Prompt tokens a GRPO row is planned for (`launch.plan`: row width = this + max_new_tokens,
+  # rounded up to 32). Longer prompts still run; the memory plan just no longer covers them.
+  c.grpo.max_prompt_tokens = 64
   c.grpo.temperature = 1.0
   c.grpo.top_p = 1.0
   c.grpo.epochs = 1  # optimisation epochs over each batch of rollouts
@@ -109,12 +112,22 @@ def tiny() -> ConfigDict:
   c.dpo.optim = _optim(1e-5, 60, warmup=5, schedule="constant")
 
   c.eval = ConfigDict(dict(n_problems=256, k=4, temperature=1.0, max_new_tokens=64, batch_size=256))
+  # The hardware the run is planned for (`python -m launch.plan`): `devices` chips of `memory_gib`
+  # each; a program fits when its per-device peak (plus the buffers the stage keeps alive beside
+  # it) stays under `budget_gib`, the share of memory we allow ourselves (the rest is headroom for
+  # the runtime, fragmentation and the estimate's error).
+  c.hardware = ConfigDict(dict(name="cpu", devices=1, memory_gib=16.0, budget_gib=16.0))
   c.log_every = 10
   c.checkpoint_every = 50
   return c
 
 
-def _real(model_preset: str, mesh: dict, template: str, lr_scale: float = 1.0) -> ConfigDict:
+def _hardware(name: str, devices: int, memory_gib: float, budget_gib: float) -> ConfigDict:
+  return ConfigDict(dict(name=name, devices=devices, memory_gib=memory_gib, budget_gib=budget_gib))
+
+
+def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
+          lr_scale: float = 1.0) -> ConfigDict:
   """A GSM8K pipeline that starts from a pre-trained model folder (set --config.init=PATH)."""
   c = tiny()
   c.model = ConfigDict(MODEL_PRESETS[model_preset])
@@ -130,7 +143,7 @@ def _real(model_preset: str, mesh: dict, template: str, lr_scale: float = 1.0) -
   c.sft.update(dict(steps=500, batch_size=64, seq_len=seq, n_examples=7473,
                     optim=_optim(1e-5 * lr_scale, 500, warmup=25, wd=0.0)))
   c.grpo.update(dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=768,
-                     minibatches=4, temperature=1.0))
+                     max_prompt_tokens=256, minibatches=4, temperature=1.0))
   c.grpo.loss.beta = 0.001
   c.grpo.loss.entropy_coef = 0.0  # the tiny preset's entropy and replay terms are tuned for it only
   c.grpo.replay_weight = 0.0
@@ -143,16 +156,24 @@ def _real(model_preset: str, mesh: dict, template: str, lr_scale: float = 1.0) -
                     optim=_optim(5e-7 * lr_scale, 200, warmup=10, schedule="constant")))
   c.eval.update(dict(n_problems=1319, k=8, max_new_tokens=768, batch_size=128))
   c.checkpoint_every = 100
+  c.hardware = hardware
   return c
 
 
 def get_config(preset: str = "tiny") -> ConfigDict:
   if preset == "tiny":
     return tiny()
+  # One 16 GiB chip (a Colab T4 or a TPU v5e-1), 12 GiB of it planned for.
+  small = _hardware("colab-t4 / tpu-v5e-1", devices=1, memory_gib=16.0, budget_gib=12.0)
+  # A TPU v4-32 slice: 16 chips of 32 GiB, 24 GiB of each planned for; mesh fsdp 4 x tensor 4.
+  v4_32 = _hardware("tpu-v4-32", devices=16, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
-    return _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", lr_scale=2.0)
-  if preset == "qwen2_5_7b_gsm8k":
-    return _real("qwen2_5_7b", dict(data=1, fsdp=-1, tensor=4), "qwen")
-  if preset == "llama3_1_8b_gsm8k":
-    return _real("llama3_1_8b", dict(data=1, fsdp=-1, tensor=4), "llama3")
-  raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
+    c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small, lr_scale=2.0)
+  elif preset == "qwen2_5_7b_gsm8k":
+    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32)
+  elif preset == "llama3_1_8b_gsm8k":
+    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32)
+  else:
+    raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
+  c.preset = preset  # _real starts from tiny()
+  return c

@@ -17,7 +17,7 @@ import jax
 
 from reasoner import sharding
 from reasoner.checkpoint import load_model, save_model
-from reasoner.model.config import ModelConfig, get_config as model_preset
+from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
@@ -55,9 +55,13 @@ def build_tokenizer(cfg, workdir: str):
   return train_sentencepiece(texts, tok_dir, vocab_size=cfg.tokenizer.vocab_size)
 
 
+def config_model(cfg) -> ModelConfig:
+  """The ModelConfig `config.model` describes (its `preset` name dropped)."""
+  return ModelConfig.from_dict({k: v for k, v in cfg.model.to_dict().items() if k != "preset"})
+
+
 def build_model_config(cfg, tokenizer) -> ModelConfig:
-  fields = {k: v for k, v in cfg.model.to_dict().items() if k != "preset"}
-  model_cfg = ModelConfig.from_dict(fields)
+  model_cfg = config_model(cfg)
   if model_cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size} tokens")
@@ -200,11 +204,11 @@ class Pipeline:
       from reasoner.stages.grpo import run_grpo
       return run_grpo(self.ctx, params, rng)
     if name == "distill":
-      from reasoner.stages.distill import run_distill
+      from reasoner.stages.distill import run_distill, student_config
       d = self.cfg.distill
       teacher = params
-      if d.student:
-        student_cfg = model_preset(d.student, vocab_size=self.ctx.model_cfg.vocab_size)
+      student_cfg = student_config(self.cfg, self.ctx.model_cfg)
+      if student_cfg is not None:
         self.ctx = dataclasses.replace(self.ctx, model_cfg=student_cfg)
         student = sharding.sharded_init(student_cfg, jax.random.fold_in(rng, 7), self.mesh)
       else:

@@ -160,6 +160,25 @@ def _programs(cfg_json: str, sampling: SamplingConfig, pad_id: int, eos_id: int,
   return pre, dec
 
 
+def layout(n_prompts: int, longest: int, sampling: SamplingConfig, mesh=None) -> tuple[int, int, int]:
+  """(prompt rows, prompt width, cache length) of a call on `n_prompts` prompts of at most
+  `longest` tokens: rows padded to a multiple of the mesh's data x fsdp, width the prompt bucket,
+  cache width + max_new_tokens."""
+  width = bucket(longest, sampling.prompt_buckets)
+  rows = n_prompts
+  if mesh is not None:
+    per = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    rows = -(-n_prompts // per) * per
+  return rows, width, width + sampling.max_new_tokens
+
+
+def programs(cfg: ModelConfig, sampling: SamplingConfig, cache_len: int, *, pad_id: int,
+             eos_id: int, mesh=None):
+  """The jitted (prefill, decode) pair `generate` runs (cached per config and cache length)."""
+  cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+  return _programs(cfg_json, sampling, int(pad_id), int(eos_id), cache_len, mesh)
+
+
 def prompt_arrays(prompts: Sequence[Sequence[int]], width: int, rows: Optional[int] = None,
                   pad_id: int = 0):
   """Left-padded tokens / positions / segment ids [rows, width] and true lengths [rows].
@@ -224,15 +243,9 @@ def prepare(cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: Sampli
   looks up the compiled programs: everything `generate` does before running them."""
   prompts = _check_prompts(prompts, cfg, sampling)
   b, n = len(prompts), sampling.n
-  width = bucket(max(len(p) for p in prompts), sampling.prompt_buckets)
-  cache_len = width + sampling.max_new_tokens
-  rows = b
-  if mesh is not None:
-    per = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    rows = -(-b // per) * per
+  rows, width, cache_len = layout(b, max(len(p) for p in prompts), sampling, mesh)
   tokens, positions, segments, lengths = prompt_arrays(prompts, width, rows, pad_id)
-  cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
-  pre, dec = _programs(cfg_json, sampling, int(pad_id), int(eos_id), cache_len, mesh)
+  pre, dec = programs(cfg, sampling, cache_len, pad_id=pad_id, eos_id=eos_id, mesh=mesh)
   inputs = (tokens, positions, segments)
   if mesh is not None:
     from reasoner import sharding

@@ -43,6 +43,15 @@ def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temper
   return kept, stats
 
 
+def student_config(config, teacher_cfg):
+  """The student's ModelConfig: the `distill.student` preset with the teacher's vocabulary, or
+  None for a student shaped like the teacher."""
+  if not config.distill.student:
+    return None
+  from reasoner.model.config import get_config
+  return get_config(config.distill.student, vocab_size=teacher_cfg.vocab_size)
+
+
 def run_distill(ctx: StageContext, teacher_params, student_params, rng: jax.Array):
   cfg = ctx.config.distill
   problems = ctx.problems("train", cfg.n_problems, "distill")

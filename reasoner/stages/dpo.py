@@ -99,6 +99,23 @@ def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
                        ctx.config.grpo.max_new_tokens, rng)
 
 
+def dpo_train_loss(cfg, model_cfg):
+  """The DPO stage's loss(params, batch, rng) for config.dpo `cfg`: DPO on batch["pairs"] (chosen,
+  rejected, ref_chosen_logps, ref_rejected_logps) + replay_weight x the SFT loss on batch["replay"]."""
+  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                      nll_weight=cfg.nll_weight)
+
+  def loss_fn(p, batch, rng):
+    loss, metrics = dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=dpo_cfg)
+    if cfg.replay_weight > 0:
+      replay_loss, _ = sft_loss(p, batch["replay"], rng, model_cfg=model_cfg)
+      loss = loss + cfg.replay_weight * replay_loss
+      metrics = {**metrics, "replay_loss": replay_loss, "loss": loss}
+    return loss, metrics
+
+  return loss_fn
+
+
 def run_dpo(ctx: StageContext, params, rng: jax.Array):
   cfg = ctx.config.dpo
   if ctx.config.data.preferences_path:
@@ -117,17 +134,7 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
 
   replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
                           cfg.seq_len, ctx.tokenizer.pad_id)
-  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                      nll_weight=cfg.nll_weight)
-
-  def loss_fn(p, batch, rng):
-    loss, metrics = dpo_loss(p, batch["pairs"], rng, model_cfg=ctx.model_cfg, config=dpo_cfg)
-    if cfg.replay_weight > 0:
-      replay_loss, _ = sft_loss(p, batch["replay"], rng, model_cfg=ctx.model_cfg)
-      loss = loss + cfg.replay_weight * replay_loss
-      metrics = {**metrics, "replay_loss": replay_loss, "loss": loss}
-    return loss, metrics
-
+  loss_fn = dpo_train_loss(cfg, ctx.model_cfg)
   optimizer = make_optimizer(cfg.optim)
   state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
   step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)

@@ -55,13 +55,18 @@ class GRPOBatch:
   any_kept: bool  # some group has a non-zero advantage
 
 
+def rollout_sampling(cfg) -> SamplingConfig:
+  """How config.grpo `cfg` samples: group_size completions of max_new_tokens per prompt."""
+  return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, n=cfg.group_size)
+
+
 def make_collect(ctx: StageContext):
   """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`."""
   cfg = ctx.config.grpo
   scale_by_std = grpo_config(cfg).scale_by_std
   P, G = cfg.prompts_per_step, cfg.group_size
-  sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, n=G)
+  sampling = rollout_sampling(cfg)
   n_rows = row_buckets(P * G, cfg.minibatches * batch_shards(ctx.mesh),
                        compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")
 
@@ -79,8 +84,7 @@ def make_collect(ctx: StageContext):
     order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])[:n_rows(int(keep.sum()))]
     pick = lambda xs: [xs[i] for i in order]
     prompt_ids, completion_ids = pick(ro.prompt_ids), pick(ro.completion_ids)
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
-    width = -(-width // 32) * 32  # bucket the row length so the step compiles a handful of times
+    width = row_width(max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)))
     rows = rollout_rows(prompt_ids, completion_ids, width, ctx.tokenizer.pad_id, pick(ro.injected),
                         logprobs=pick(ro.logprobs))
     behaviour = rows.pop("behaviour_logprobs")
@@ -93,6 +97,23 @@ def make_collect(ctx: StageContext):
     return GRPOBatch(rows, behaviour, metrics, bool(keep.any()))
 
   return collect
+
+
+def row_width(tokens: int) -> int:
+  """A row's length: `tokens` rounded up to a multiple of 32 (the step compiles a handful of times)."""
+  return -(-int(tokens) // 32) * 32
+
+
+def max_train_rows(cfg, mesh) -> int:
+  """Rows of the largest batch `make_collect` lays out (every group kept): P x G."""
+  total = cfg.prompts_per_step * cfg.group_size
+  return row_buckets(total, cfg.minibatches * batch_shards(mesh),
+                     compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")(total)
+
+
+def minibatch_rows(cfg, rows: int) -> int:
+  """Rows of each update: the batch's `rows` split into grpo.minibatches."""
+  return rows // cfg.minibatches
 
 
 def batch_shards(mesh) -> int:
@@ -129,6 +150,32 @@ def with_replay(loss_fn, weight: float, model_cfg):
   return fn
 
 
+def grpo_loss_fn(cfg, model_cfg):
+  """The GRPO stage's policy loss(params, batch, rng) for config.grpo `cfg` (without replay)."""
+  return functools.partial(grpo_loss, model_cfg=model_cfg, config=grpo_config(cfg))
+
+
+def update_loss_fn(cfg, loss_fn, model_cfg):
+  """The loss each update runs: `loss_fn`, plus the replay term when grpo.replay_weight > 0."""
+  return with_replay(loss_fn, float(cfg.replay_weight), model_cfg) if cfg.replay_weight else loss_fn
+
+
+def logprob_fn(model_cfg):
+  """fn(params, batch) -> per-token log-probs [b, t]: the old / reference log-prob pass."""
+  return lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0]
+
+
+def recomputes_old_logprobs(cfg, off_policy: bool = False, has_behaviour: bool = False) -> bool:
+  """Whether `make_learn` adds old_logprobs to the batch (several updates per batch, or
+  off-policy with behaviour log-probs)."""
+  return cfg.epochs * cfg.minibatches > 1 or (off_policy and has_behaviour)
+
+
+def replay_shape(config) -> tuple[int, int]:
+  """[rows, tokens] of the replay sub-batch: grpo.replay_batch_size packed rows of sft.seq_len."""
+  return int(config.grpo.replay_batch_size), int(config.sft.seq_len)
+
+
 def make_replay(ctx: StageContext):
   """replay(step, update) -> a batch of `grpo.replay_batch_size` packed SFT rows, or None when
   `grpo.replay_weight` is 0. The solutions are drawn from a training split of their own."""
@@ -136,12 +183,12 @@ def make_replay(ctx: StageContext):
   if not cfg.replay_weight:
     return None
   problems = ctx.problems("train", cfg.replay_problems, "grpo-replay")
-  rows = pack_sequences(sft_examples(ctx, problems), ctx.config.sft.seq_len, ctx.tokenizer.pad_id)
+  n, seq_len = replay_shape(ctx.config)
+  rows = pack_sequences(sft_examples(ctx, problems), seq_len, ctx.tokenizer.pad_id)
   per_step = cfg.epochs * cfg.minibatches
 
   def replay(step: int, update: int) -> dict:
-    idx = epoch_batches(len(rows["tokens"]), cfg.replay_batch_size, step * per_step + update,
-                        ctx.config.seed + 2)
+    idx = epoch_batches(len(rows["tokens"]), n, step * per_step + update, ctx.config.seed + 2)
     return {k: v[idx] for k, v in rows.items()}
 
   return replay
@@ -158,27 +205,25 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   `grpo.replay_weight` > 0 each update adds the SFT loss on a batch of replayed solutions.
   """
   cfg = ctx.config.grpo
-  updates = cfg.epochs * cfg.minibatches
   replay = make_replay(ctx)
-  if replay is not None:
-    loss_fn = with_replay(loss_fn, float(cfg.replay_weight), ctx.model_cfg)
+  loss_fn = update_loss_fn(cfg, loss_fn, ctx.model_cfg)
   train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, ctx.model_cfg, b, entropy=False)[0], mesh=ctx.mesh)
+  logprobs = make_eval_fn(logprob_fn(ctx.model_cfg), mesh=ctx.mesh)
 
   def learn(state, gb: GRPOBatch, step: int, rng: jax.Array,
             behaviour_logprobs: Optional[np.ndarray] = None):
     t0 = time.perf_counter()
     batch = dict(gb.rows)
-    if updates > 1 or (off_policy and behaviour_logprobs is not None):
-      batch["old_logprobs"] = to_host(logprob_fn(state.params, batch))
+    if recomputes_old_logprobs(cfg, off_policy, behaviour_logprobs is not None):
+      batch["old_logprobs"] = to_host(logprobs(state.params, batch))
     if off_policy and behaviour_logprobs is not None:
       batch["behaviour_logprobs"] = behaviour_logprobs
     if ref_params is not None:
-      batch["ref_logprobs"] = to_host(logprob_fn(ref_params, batch))
+      batch["ref_logprobs"] = to_host(logprobs(ref_params, batch))
     metrics = {}
     if gb.any_kept:
       rows = len(batch["tokens"])
-      mb = rows // cfg.minibatches
+      mb = minibatch_rows(cfg, rows)
       for epoch in range(cfg.epochs):
         order = np.random.default_rng(step * 1000 + epoch).permutation(rows)
         for j in range(cfg.minibatches):
@@ -201,7 +246,7 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
   loss_cfg = grpo_config(cfg)
   optimizer = make_optimizer(cfg.optim)
   state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  loss_fn = functools.partial(grpo_loss, model_cfg=ctx.model_cfg, config=loss_cfg)
+  loss_fn = grpo_loss_fn(cfg, ctx.model_cfg)
   collect = make_collect(ctx)
   learn = make_learn(ctx, optimizer, loss_fn, ref_params=params if loss_cfg.beta > 0 else None)
 

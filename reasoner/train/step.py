@@ -129,6 +129,20 @@ def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_bat
   return step
 
 
+def jit_step(fn, state_shardings: TrainState, batch: Any, mesh: Mesh, donate: bool = True):
+  """The jitted program `make_train_step` runs on `mesh` for batches shaped like `batch` (arrays
+  or ShapeDtypeStructs): fn = `_step_fn(loss_fn, optimizer)`, state kept at `state_shardings`."""
+  rep = NamedSharding(mesh, P())
+  return jax.jit(fn, in_shardings=(state_shardings, batch_shardings(batch, mesh), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+
+
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                  micro_batches: int = 1):
+  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits."""
+  return _step_fn(loss_fn, optimizer, micro_batches)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
                     donate: bool = True, micro_batches: int = 1, frozen_shardings: Any = None):
@@ -147,7 +161,6 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   if mesh is None:
     return jax.jit(fn, donate_argnums=donate_argnums)
 
-  rep = NamedSharding(mesh, P())
   compiled: dict = {}
   state_sh: list = []
 
@@ -160,8 +173,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     leaves, treedef = jax.tree.flatten(batch)
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if key not in compiled:
-      compiled[key] = jax.jit(fn, in_shardings=(state_sh[0], batch_shardings(batch, mesh), rep),
-                              out_shardings=(state_sh[0], rep), donate_argnums=donate_argnums)
+      compiled[key] = jit_step(fn, state_sh[0], batch, mesh, donate=donate)
     with jax.set_mesh(mesh):
       return compiled[key](state, shard_batch(batch, mesh), rng)
 

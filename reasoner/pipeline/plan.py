@@ -1,0 +1,317 @@
+"""Memory plan of a pipeline config: will every stage's programs fit the named hardware?
+
+Each stage's jitted programs are built exactly as the stages build them (their loss functions,
+optimiser, shardings and batch layouts), from abstract shapes only (`jax.ShapeDtypeStruct`s with
+shardings; parameters and optimiser state come from `jax.eval_shape`, nothing is allocated),
+then lowered and compiled for `config.mesh` over `config.hardware.devices` devices. XLA's
+`memory_analysis()` of each executable gives per-device bytes of
+
+  arguments, outputs, aliased (outputs written in place of donated arguments), temporaries
+
+and the program's peak estimate is arguments + temporaries + outputs - aliased.
+
+A stage also keeps buffers alive beside a program that are not its arguments ("resident"):
+  every stage   the params it was started from (the caller holds them; `init_train_state`
+                copies them into the state), which are also GRPO's KL reference;
+  GRPO's log-prob pass and rollouts   the train state's optimiser state;
+  distill       the teacher's params.
+A program fits when peak + resident (or peak alone, include_resident=False) is at most
+`config.hardware.budget_gib`.
+
+Programs (`PROGRAMS`):
+  sft            SFT train step, sft.batch_size x sft.seq_len
+  grpo           one GRPO update on a minibatch (see `grpo_batch`)
+  grpo_logprobs  the old / reference log-prob forward over a whole GRPO batch
+  distill        distillation train step (the student), distill.batch_size x distill.seq_len
+  dpo            DPO train step: chosen + rejected rows, reference log-probs, replay rows
+  sample         the rollout sampler: prefill (prompts_per_step prompts) and decode
+                 (prompts_per_step x group_size rows), reported as two rows
+
+The numbers are XLA's for the backend that compiles them (CPU when simulating a TPU slice): its
+buffer assignment and fusion differ from the TPU compiler's, so treat them as an estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from reasoner import sharding
+from reasoner.losses.sft import sft_loss
+from reasoner.model import decoder
+from reasoner.model.config import ModelConfig
+from reasoner.pipeline.run import config_model
+from reasoner.sampling import sampler
+from reasoner.stages import distill as distill_stage
+from reasoner.stages import dpo as dpo_stage
+from reasoner.stages import grpo as grpo_stage
+from reasoner.train import make_eval_fn, make_optimizer
+from reasoner.train.state import TrainState, train_state_shardings
+from reasoner.train.step import batch_shardings, jit_step, train_step_fn
+
+PROGRAMS = ("sft", "grpo", "grpo_logprobs", "distill", "dpo", "sample")
+GIB = 1024 ** 3
+_ROW_KEYS = ("tokens", "positions", "segment_ids", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramPlan:
+  """Per-device memory of one compiled program (bytes)."""
+  name: str
+  rows: int
+  tokens: int
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  resident_bytes: int = 0  # live beside the program, not its arguments (module docstring)
+  compile_s: float = 0.0
+
+  @property
+  def peak_bytes(self) -> int:
+    return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+  @property
+  def total_bytes(self) -> int:
+    return self.peak_bytes + self.resident_bytes
+
+
+def budget_bytes(config) -> int:
+  """config.hardware.budget_gib (default memory_gib) in bytes."""
+  hw = config.hardware
+  gib = hw.get("budget_gib", None) or hw.memory_gib
+  return int(float(gib) * GIB)
+
+
+def fits(plan: ProgramPlan, budget: int, include_resident: bool = True) -> bool:
+  return (plan.total_bytes if include_resident else plan.peak_bytes) <= budget
+
+
+# ---- abstract inputs ------------------------------------------------------------------------
+def per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds of a pytree of ShapeDtypeStructs / arrays with NamedShardings
+  (the largest shard: shards may differ by a padded remainder)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    total += int(np.prod(shape, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize
+  return total
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_params(model_cfg: ModelConfig, mesh: Mesh) -> Any:
+  """The decoder's parameters as ShapeDtypeStructs placed by `sharding.param_shardings`."""
+  params = jax.eval_shape(lambda: decoder.init_params(model_cfg, jax.random.PRNGKey(0)))
+  return _with_shardings(params, sharding.param_shardings(model_cfg, mesh))
+
+
+def abstract_train_state(optimizer, params: Any, mesh: Mesh) -> tuple[TrainState, TrainState]:
+  """(TrainState of ShapeDtypeStructs, its shardings) for abstract `params`."""
+  shardings = train_state_shardings(optimizer, params, jax.tree.map(lambda x: x.sharding, params),
+                                    mesh)
+  state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                              opt_state=optimizer.init(p)), params)
+  return _with_shardings(state, shardings), shardings
+
+
+def row_batch(rows: int, tokens: int, keys: Sequence[str] = _ROW_KEYS) -> dict:
+  """Abstract training rows [rows, tokens]: int32 ids / positions / segments, float32 mask."""
+  dtype = lambda k: jnp.float32 if k in ("loss_mask",) or k.endswith("logprobs") else jnp.int32
+  return {k: jax.ShapeDtypeStruct((rows, tokens), dtype(k)) for k in keys}
+
+
+def _place(batch: Any, mesh: Mesh) -> Any:
+  return _with_shardings(batch, batch_shardings(batch, mesh))
+
+
+def _rng(mesh: Mesh):
+  key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
+
+
+def grpo_batch(config, rows: int, tokens: int) -> dict:
+  """The batch one GRPO update trains on (mirrors `grpo.make_learn`, synchronous stage): rows
+  tokens / positions / segment_ids / loss_mask [rows, tokens] and advantages [rows], plus
+  old_logprobs (several updates per batch), ref_logprobs (loss.beta > 0) and the replay
+  sub-batch (replay_weight > 0)."""
+  g = config.grpo
+  keys = list(_ROW_KEYS)
+  if grpo_stage.recomputes_old_logprobs(g):
+    keys.append("old_logprobs")
+  if g.loss.beta > 0:
+    keys.append("ref_logprobs")
+  batch = row_batch(rows, tokens, keys)
+  batch["advantages"] = jax.ShapeDtypeStruct((rows,), jnp.float32)
+  if g.replay_weight:
+    batch["replay"] = row_batch(*grpo_stage.replay_shape(config))
+  return batch
+
+
+def dpo_batch(config) -> dict:
+  """The batch one DPO step trains on (mirrors `dpo.run_dpo`)."""
+  b, t = int(config.dpo.batch_size), int(config.dpo.seq_len)
+  pairs = {"chosen": row_batch(b, t), "rejected": row_batch(b, t),
+           "ref_chosen_logps": jax.ShapeDtypeStruct((b,), jnp.float32),
+           "ref_rejected_logps": jax.ShapeDtypeStruct((b,), jnp.float32)}
+  return {"pairs": pairs, "replay": row_batch(b, t)}
+
+
+# ---- compile and measure --------------------------------------------------------------------
+def memory_of(compiled) -> dict:
+  """argument / output / alias / temp bytes of a compiled executable (per device)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    raise RuntimeError("this backend's compiler gives no memory analysis")
+  return dict(argument_bytes=int(m.argument_size_in_bytes), output_bytes=int(m.output_size_in_bytes),
+              alias_bytes=int(m.alias_size_in_bytes), temp_bytes=int(m.temp_size_in_bytes))
+
+
+def _measure(name: str, rows: int, tokens: int, lowered_fn: Callable, resident: int,
+             log: Callable[[str], None]) -> tuple[ProgramPlan, Any]:
+  log(f"[plan] compiling {name} ({rows} x {tokens}) ...")
+  t0 = time.perf_counter()
+  compiled = lowered_fn().compile()
+  plan = ProgramPlan(name=name, rows=rows, tokens=tokens, resident_bytes=resident,
+                     compile_s=time.perf_counter() - t0, **memory_of(compiled))
+  log(f"[plan]   {name}: peak {plan.peak_bytes / GIB:.2f} GiB per device "
+      f"({plan.compile_s:.1f} s)")
+  return plan, compiled
+
+
+def plan_mesh(config, devices: Optional[Sequence[jax.Device]] = None, n_devices: Optional[int] = None) -> Mesh:
+  """config.mesh over the first `n_devices` (default config.hardware.devices) of `devices`
+  (default jax.devices()); a clear error when the process has too few."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = int(n_devices or config.hardware.devices)
+  if len(devices) < n:
+    raise ValueError(f"planning for {n} devices ({config.hardware.name}) needs {n} JAX devices, "
+                     f"this process has {len(devices)}; run `python -m launch.plan` (it sets the "
+                     f"CPU device count) or set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+  m = config.mesh
+  return sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=devices[:n])
+
+
+def _train_step(name, rows, tokens, model_cfg, optim_cfg, loss_fn, batch, mesh, resident, log):
+  optimizer = make_optimizer(optim_cfg)
+  params = abstract_params(model_cfg, mesh)
+  state, state_sh = abstract_train_state(optimizer, params, mesh)
+  batch = _place(batch, mesh)
+  step = jit_step(train_step_fn(loss_fn, optimizer), state_sh, batch, mesh)
+  return _measure(name, rows, tokens, lambda: step.lower(state, batch, _rng(mesh)), resident, log)[0]
+
+
+def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mesh] = None,
+         grpo_rows: Optional[int] = None, grpo_tokens: Optional[int] = None,
+         log: Callable[[str], None] = lambda msg: None) -> list[ProgramPlan]:
+  """Compiles each of `programs` (default all of PROGRAMS) for `config` on `mesh` (default
+  `plan_mesh(config)`) and returns their ProgramPlans ("sample" gives sample/prefill and
+  sample/decode). `grpo_rows` / `grpo_tokens` override the GRPO update's minibatch rows and row
+  width (the log-prob pass then covers grpo_rows x grpo.minibatches rows). `log` gets progress."""
+  programs = list(PROGRAMS if programs is None else programs)
+  unknown = [p for p in programs if p not in PROGRAMS]
+  if unknown or not programs:
+    raise ValueError(f"unknown program(s) {unknown or programs}; choose from {', '.join(PROGRAMS)}")
+  mesh = plan_mesh(config) if mesh is None else mesh
+  model_cfg = config_model(config)
+  g = config.grpo
+  train_rows = grpo_stage.max_train_rows(g, mesh)
+  rows = int(grpo_rows or grpo_stage.minibatch_rows(g, train_rows))
+  if grpo_rows:
+    train_rows = rows * int(g.minibatches)
+  width = int(grpo_tokens or grpo_stage.row_width(int(g.max_prompt_tokens) + int(g.max_new_tokens)))
+  if rows <= 0 or width <= 0:
+    raise ValueError(f"GRPO rows and tokens must be positive, got {rows} x {width}")
+  params = abstract_params(model_cfg, mesh)
+  param_bytes = per_device_bytes(params)
+  opt_bytes = per_device_bytes(
+      abstract_train_state(make_optimizer(g.optim), params, mesh)[0].opt_state)
+  out = []
+  for name in programs:
+    if name == "sft":
+      s = config.sft
+      out.append(_train_step("sft", s.batch_size, s.seq_len, model_cfg, s.optim,
+                             _sft(model_cfg), row_batch(s.batch_size, s.seq_len), mesh,
+                             param_bytes, log))
+    elif name == "grpo":
+      loss = grpo_stage.update_loss_fn(g, grpo_stage.grpo_loss_fn(g, model_cfg), model_cfg)
+      out.append(_train_step("grpo", rows, width, model_cfg, g.optim, loss,
+                             grpo_batch(config, rows, width), mesh, param_bytes, log))
+    elif name == "grpo_logprobs":
+      fn = make_eval_fn(grpo_stage.logprob_fn(model_cfg))  # the mesh only places the batch
+      batch = row_batch(train_rows, width)
+      batch["advantages"] = jax.ShapeDtypeStruct((train_rows,), jnp.float32)
+      batch = _place(batch, mesh)
+      out.append(_measure("grpo_logprobs", train_rows, width, lambda: fn.lower(params, batch),
+                          param_bytes + opt_bytes, log)[0])
+    elif name == "distill":
+      d = config.distill
+      student = distill_stage.student_config(config, model_cfg) or model_cfg
+      student_bytes = per_device_bytes(abstract_params(student, mesh))
+      out.append(_train_step("distill", d.batch_size, d.seq_len, student, d.optim,
+                             _sft(student), row_batch(d.batch_size, d.seq_len), mesh,
+                             param_bytes + student_bytes, log))
+    elif name == "dpo":
+      d = config.dpo
+      out.append(_train_step("dpo", 2 * d.batch_size, d.seq_len, model_cfg, d.optim,
+                             dpo_stage.dpo_train_loss(d, model_cfg), dpo_batch(config), mesh,
+                             param_bytes, log))
+    else:
+      out.extend(_plan_sample(config, model_cfg, params, mesh, param_bytes + opt_bytes, log))
+  return out
+
+
+def _sft(model_cfg):
+  return lambda p, b, r: sft_loss(p, b, r, model_cfg=model_cfg)
+
+
+def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[ProgramPlan]:
+  """prefill + decode of one GRPO rollout batch (mirrors `sampler.prepare` / `generate`)."""
+  g = config.grpo
+  sampling = grpo_stage.rollout_sampling(g)
+  rows, width, cache_len = sampler.layout(int(g.prompts_per_step), int(g.max_prompt_tokens),
+                                          sampling, mesh)
+  pre, dec = sampler.programs(model_cfg, sampling, cache_len, pad_id=0, eos_id=1, mesh=mesh)
+  ids = _place(tuple(jax.ShapeDtypeStruct((rows, width), jnp.int32) for _ in range(3)), mesh)
+  plan_pre, compiled = _measure("sample/prefill", rows, width, lambda: pre.lower(params, *ids),
+                                resident, log)
+  cache, logits, next_pos = _with_shardings(jax.eval_shape(pre, params, *ids),
+                                            compiled.output_shardings)
+  plan_dec, _ = _measure("sample/decode", logits.shape[0], cache_len,
+                         lambda: dec.lower(params, cache, logits, next_pos, _rng(mesh)), resident, log)
+  return [plan_pre, plan_dec]
+
+
+# ---- report ---------------------------------------------------------------------------------
+def format_table(plans: Sequence[ProgramPlan], config, include_resident: bool = True) -> str:
+  """One row per program: shape, per-device GiB, the budget and whether it fits."""
+  budget = budget_bytes(config)
+  head = (f"{'program':<15} {'rows x tokens':>14} {'args':>8} {'temps':>8} {'peak':>8} "
+          f"{'resident':>9} {'total':>8} {'budget':>8}  fits")
+  lines = [head, "-" * len(head)]
+  gib = lambda b: f"{b / GIB:8.2f}"
+  for p in plans:
+    ok = fits(p, budget, include_resident)
+    lines.append(f"{p.name:<15} {f'{p.rows} x {p.tokens}':>14} {gib(p.argument_bytes)} "
+                 f"{gib(p.temp_bytes)} {gib(p.peak_bytes)} {p.resident_bytes / GIB:9.2f} "
+                 f"{gib(p.total_bytes)} {gib(budget)}  {'yes' if ok else 'NO'}")
+  return "\n".join(lines)
+
+
+def verdict(plans: Sequence[ProgramPlan], config, include_resident: bool = True) -> str:
+  """One line: does everything fit, and if not which programs do not."""
+  hw = config.hardware
+  budget = budget_bytes(config)
+  bad = [p.name for p in plans if not fits(p, budget, include_resident)]
+  where = f"{hw.name} ({hw.devices} x {float(hw.memory_gib):g} GiB, budget {budget / GIB:g} GiB per device)"
+  if not bad:
+    return f"verdict: every planned program fits {where}"
+  return f"verdict: does NOT fit {where}: {', '.join(bad)}"
