@@ -48,10 +48,14 @@ def tiny() -> ConfigDict:
   c.data.path = ""  # JSONL file or TFDS data_dir
   c.data.preferences_path = ""  # optional JSONL of {prompt, chosen, rejected} for DPO
 
+  # Every training stage's `tokens_per_device`: the most tokens one device runs forward and
+  # backward at a time; a batch with more is split into micro-batches whose gradients are
+  # accumulated in the same step (0 = the whole batch at once). The batch size is the
+  # optimisation setting, this the memory one (size it with `python -m launch.plan`).
   c.pretrain = ConfigDict(dict(steps=1000, batch_size=32, seq_len=128, n_documents=20000,
-                               optim=_optim(3e-3, 1000, warmup=50, wd=0.01)))
+                               tokens_per_device=0, optim=_optim(3e-3, 1000, warmup=50, wd=0.01)))
   c.sft = ConfigDict(dict(steps=150, batch_size=32, seq_len=128, n_examples=1500,
-                          optim=_optim(1e-3, 150, warmup=10)))
+                          tokens_per_device=0, optim=_optim(1e-3, 150, warmup=10)))
 
   c.grpo = ConfigDict()
   c.grpo.steps = 60
@@ -61,6 +65,8 @@ def tiny() -> ConfigDict:
   # Prompt tokens a GRPO row is planned for (`launch.plan`: row width = this + max_new_tokens,
   # rounded up to 32). Longer prompts still run; the memory plan just no longer covers them.
   c.grpo.max_prompt_tokens = 64
+  c.grpo.tokens_per_device = 0  # also bounds the old / reference log-prob passes
+  c.grpo.rollout_rows = 0  # rows per sampler call (bounds the KV cache); 0 = the whole step
   c.grpo.temperature = 1.0
   c.grpo.top_p = 1.0
   c.grpo.epochs = 1  # optimisation epochs over each batch of rollouts
@@ -95,6 +101,7 @@ def tiny() -> ConfigDict:
   c.distill.steps = 200
   c.distill.batch_size = 32
   c.distill.seq_len = 128
+  c.distill.tokens_per_device = 0
   c.distill.optim = _optim(1e-3, 200, warmup=10)
 
   c.dpo = ConfigDict()
@@ -104,6 +111,7 @@ def tiny() -> ConfigDict:
   c.dpo.steps = 60
   c.dpo.batch_size = 16
   c.dpo.seq_len = 128
+  c.dpo.tokens_per_device = 0  # a pair counts its chosen and rejected tokens
   c.dpo.beta = 0.1
   c.dpo.loss_type = "sigmoid"
   c.dpo.label_smoothing = 0.0
@@ -127,7 +135,7 @@ def _hardware(name: str, devices: int, memory_gib: float, budget_gib: float) -> 
 
 
 def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
-          lr_scale: float = 1.0) -> ConfigDict:
+          tokens_per_device: int, rollout_rows: int, lr_scale: float = 1.0) -> ConfigDict:
   """A GSM8K pipeline that starts from a pre-trained model folder (set --config.init=PATH)."""
   c = tiny()
   c.model = ConfigDict(MODEL_PRESETS[model_preset])
@@ -157,6 +165,10 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.eval.update(dict(n_problems=1319, k=8, max_new_tokens=768, batch_size=128))
   c.checkpoint_every = 100
   c.hardware = hardware
+  # Memory budgets per device (checked by `python -m launch.plan` against `hardware`).
+  for stage in (c.sft, c.grpo, c.distill, c.dpo):
+    stage.tokens_per_device = tokens_per_device
+  c.grpo.rollout_rows = rollout_rows
   return c
 
 
@@ -168,11 +180,14 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   # A TPU v4-32 slice: 16 chips of 32 GiB, 24 GiB of each planned for; mesh fsdp 4 x tensor 4.
   v4_32 = _hardware("tpu-v4-32", devices=16, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
-    c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small, lr_scale=2.0)
+    c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small,
+              tokens_per_device=8192, rollout_rows=256, lr_scale=2.0)
   elif preset == "qwen2_5_7b_gsm8k":
-    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32)
+    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32,
+              tokens_per_device=16384, rollout_rows=1024)
   elif preset == "llama3_1_8b_gsm8k":
-    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32)
+    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32,
+              tokens_per_device=16384, rollout_rows=1024)
   else:
     raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
   c.preset = preset  # _real starts from tiny()

@@ -217,16 +217,29 @@ def test_micro_batched_step_equals_the_whole_batch(on_mesh):
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2) if on_mesh else None
   shard = sharding.param_shardings(CFG, mesh) if on_mesh else None
   out = {}
-  for m in (1, 4):
+  # micro_batches=4 explicitly, and from a budget of 2 rows of 16 tokens per device at a time
+  # (16 rows: 8 micro-batches on one device; 4 rows per device on the mesh: 2).
+  for name, kw in (("whole", {}), ("m4", dict(micro_batches=4)),
+                   ("budget", dict(tokens_per_device=32))):
     p = params()
     if on_mesh:
       p = sharding.shard_params(p, CFG, mesh)
     state = init_train_state(p, opt, mesh=mesh, param_shardings=shard)
-    step = make_train_step(SFT, opt, mesh=mesh, param_shardings=shard, micro_batches=m)
+    step = make_train_step(SFT, opt, mesh=mesh, param_shardings=shard, **kw)
     state, metrics = step(state, batch, RNG)
-    out[m] = (jax.device_get(state.params), float(metrics["loss"]))
-  assert out[4][1] == pytest.approx(out[1][1], rel=1e-5)
-  assert max_diff(out[4][0], out[1][0]) < 1e-5
+    out[name] = (jax.device_get(state.params), float(metrics["loss"]))
+  for name in ("m4", "budget"):
+    assert out[name][1] == pytest.approx(out["whole"][1], rel=1e-5)
+    assert max_diff(out[name][0], out["whole"][0]) < 1e-5
+
+
+def test_batch_tokens_counts_every_tokens_leaf():
+  from reasoner.train.step import batch_tokens
+  pair = {"chosen": make_batch(4), "rejected": make_batch(4), "ref": np.zeros(4)}
+  assert batch_tokens(pair) == (4, 32)
+  assert batch_tokens(make_batch(6)) == (6, 16)
+  with pytest.raises(ValueError, match="tokens"):
+    batch_tokens({"x": np.zeros((2, 3))})
 
 
 def test_micro_batches_must_divide_the_rows():

@@ -51,9 +51,10 @@ from reasoner.sampling import sampler
 from reasoner.stages import distill as distill_stage
 from reasoner.stages import dpo as dpo_stage
 from reasoner.stages import grpo as grpo_stage
-from reasoner.train import make_eval_fn, make_optimizer
+from reasoner.train import make_optimizer
 from reasoner.train.state import TrainState, train_state_shardings
-from reasoner.train.step import batch_shardings, jit_step, train_step_fn
+from reasoner.train.step import (batch_shardings, batch_tokens, jit_step, micro_batches_for,
+                                 train_step_fn)
 
 PROGRAMS = ("sft", "grpo", "grpo_logprobs", "distill", "dpo", "sample")
 GIB = 1024 ** 3
@@ -200,13 +201,18 @@ def plan_mesh(config, devices: Optional[Sequence[jax.Device]] = None, n_devices:
   return sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=devices[:n])
 
 
-def _train_step(name, rows, tokens, model_cfg, optim_cfg, loss_fn, batch, mesh, resident, log):
-  optimizer = make_optimizer(optim_cfg)
+def _train_step(name, rows, tokens, model_cfg, stage_cfg, loss_fn, batch, mesh, resident, log):
+  """The stage's train step as `make_train_step` builds it: micro-batches from the stage's
+  tokens_per_device, traced under the mesh (activation constraints, per-device chunking)."""
+  optimizer = make_optimizer(stage_cfg.optim)
   params = abstract_params(model_cfg, mesh)
   state, state_sh = abstract_train_state(optimizer, params, mesh)
   batch = _place(batch, mesh)
-  step = jit_step(train_step_fn(loss_fn, optimizer), state_sh, batch, mesh)
-  return _measure(name, rows, tokens, lambda: step.lower(state, batch, _rng(mesh)), resident, log)[0]
+  micro = micro_batches_for(*batch_tokens(batch), int(stage_cfg.tokens_per_device), mesh)
+  step = jit_step(train_step_fn(loss_fn, optimizer, micro), state_sh, batch, mesh)
+  label = name if micro == 1 else f"{name}/{micro}mb"
+  return _measure(label, rows, tokens, lambda: step.lower(state, batch, _rng(mesh)), resident,
+                  log)[0]
 
 
 def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mesh] = None,
@@ -235,38 +241,48 @@ def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mes
   opt_bytes = per_device_bytes(
       abstract_train_state(make_optimizer(g.optim), params, mesh)[0].opt_state)
   out = []
-  for name in programs:
-    if name == "sft":
-      s = config.sft
-      out.append(_train_step("sft", s.batch_size, s.seq_len, model_cfg, s.optim,
-                             _sft(model_cfg), row_batch(s.batch_size, s.seq_len), mesh,
-                             param_bytes, log))
-    elif name == "grpo":
-      loss = grpo_stage.update_loss_fn(g, grpo_stage.grpo_loss_fn(g, model_cfg), model_cfg)
-      out.append(_train_step("grpo", rows, width, model_cfg, g.optim, loss,
-                             grpo_batch(config, rows, width), mesh, param_bytes, log))
-    elif name == "grpo_logprobs":
-      fn = make_eval_fn(grpo_stage.logprob_fn(model_cfg))  # the mesh only places the batch
-      batch = row_batch(train_rows, width)
-      batch["advantages"] = jax.ShapeDtypeStruct((train_rows,), jnp.float32)
-      batch = _place(batch, mesh)
-      out.append(_measure("grpo_logprobs", train_rows, width, lambda: fn.lower(params, batch),
-                          param_bytes + opt_bytes, log)[0])
-    elif name == "distill":
-      d = config.distill
-      student = distill_stage.student_config(config, model_cfg) or model_cfg
-      student_bytes = per_device_bytes(abstract_params(student, mesh))
-      out.append(_train_step("distill", d.batch_size, d.seq_len, student, d.optim,
-                             _sft(student), row_batch(d.batch_size, d.seq_len), mesh,
-                             param_bytes + student_bytes, log))
-    elif name == "dpo":
-      d = config.dpo
-      out.append(_train_step("dpo", 2 * d.batch_size, d.seq_len, model_cfg, d.optim,
-                             dpo_stage.dpo_train_loss(d, model_cfg), dpo_batch(config), mesh,
-                             param_bytes, log))
-    else:
-      out.extend(_plan_sample(config, model_cfg, params, mesh, param_bytes + opt_bytes, log))
+  with jax.set_mesh(mesh):
+    for name in programs:
+      out.extend(_plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows,
+                               param_bytes, opt_bytes, log))
   return out
+
+
+def _plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows, param_bytes,
+                opt_bytes, log) -> list[ProgramPlan]:
+  """The plan rows of one program (two for "sample")."""
+  g = config.grpo
+  if name == "sft":
+    s = config.sft
+    return [_train_step("sft", s.batch_size, s.seq_len, model_cfg, s,
+                        _sft(model_cfg), row_batch(s.batch_size, s.seq_len), mesh,
+                        param_bytes, log)]
+  if name == "grpo":
+    loss = grpo_stage.update_loss_fn(g, grpo_stage.grpo_loss_fn(g, model_cfg), model_cfg)
+    return [_train_step("grpo", rows, width, model_cfg, g, loss,
+                        grpo_batch(config, rows, width), mesh, param_bytes, log)]
+  if name == "grpo_logprobs":
+    # One call of the pass: make_eval_fn runs the rows in calls within tokens_per_device.
+    calls = micro_batches_for(train_rows, width, int(g.tokens_per_device), mesh)
+    fn = jax.jit(grpo_stage.logprob_fn(model_cfg))
+    batch = row_batch(train_rows // calls, width)
+    batch["advantages"] = jax.ShapeDtypeStruct((train_rows // calls,), jnp.float32)
+    batch = _place(batch, mesh)
+    return [_measure("grpo_logprobs", train_rows // calls, width,
+                     lambda: fn.lower(params, batch), param_bytes + opt_bytes, log)[0]]
+  if name == "distill":
+    d = config.distill
+    student = distill_stage.student_config(config, model_cfg) or model_cfg
+    student_bytes = per_device_bytes(abstract_params(student, mesh))
+    return [_train_step("distill", d.batch_size, d.seq_len, student, d,
+                        _sft(student), row_batch(d.batch_size, d.seq_len), mesh,
+                        param_bytes + student_bytes, log)]
+  if name == "dpo":
+    d = config.dpo
+    return [_train_step("dpo", 2 * d.batch_size, d.seq_len, model_cfg, d,
+                        dpo_stage.dpo_train_loss(d, model_cfg), dpo_batch(config), mesh,
+                        param_bytes, log)]
+  return _plan_sample(config, model_cfg, params, mesh, param_bytes + opt_bytes, log)
 
 
 def _sft(model_cfg):
@@ -277,8 +293,10 @@ def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[Program
   """prefill + decode of one GRPO rollout batch (mirrors `sampler.prepare` / `generate`)."""
   g = config.grpo
   sampling = grpo_stage.rollout_sampling(g)
-  rows, width, cache_len = sampler.layout(int(g.prompts_per_step), int(g.max_prompt_tokens),
-                                          sampling, mesh)
+  prompts = int(g.prompts_per_step)
+  if int(g.rollout_rows) > 0:  # sample_rollouts' calls of at most rollout_rows rows
+    prompts = min(prompts, max(1, int(g.rollout_rows) // int(g.group_size)))
+  rows, width, cache_len = sampler.layout(prompts, int(g.max_prompt_tokens), sampling, mesh)
   pre, dec = sampler.programs(model_cfg, sampling, cache_len, pad_id=0, eos_id=1, mesh=mesh)
   ids = _place(tuple(jax.ShapeDtypeStruct((rows, width), jnp.int32) for _ in range(3)), mesh)
   plan_pre, compiled = _measure("sample/prefill", rows, width, lambda: pre.lower(params, *ids),

@@ -69,7 +69,8 @@ def pair_batch(pairs, seq_len: int, pad_id: int) -> dict:
 def pair_logps(ctx: StageContext, params, pairs, seq_len: int, chunk_size: int = 64):
   """Total log-probs (chosen [n], rejected [n]) of the responses of `pairs` under `params`,
   computed `chunk_size` pairs at a time (the last chunk padded: one compile)."""
-  fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh)
+  fn = make_eval_fn(lambda p, b: response_logps(p, ctx.model_cfg, b), mesh=ctx.mesh,
+                    tokens_per_device=int(ctx.config.dpo.tokens_per_device))
   out_c, out_r = [], []
   for i in range(0, len(pairs), chunk_size):
     chunk = pairs[i:i + chunk_size]
@@ -137,7 +138,8 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
   loss_fn = dpo_train_loss(cfg, ctx.model_cfg)
   optimizer = make_optimizer(cfg.optim)
   state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
+                         tokens_per_device=int(cfg.tokens_per_device))
 
   def step_fn(state, i, rng):
     idx = epoch_batches(len(pairs), cfg.batch_size, i, ctx.config.seed)

@@ -74,7 +74,8 @@ def make_collect(ctx: StageContext):
     t0 = time.perf_counter()
     problems = ctx.problems("train", P, "grpo", step)
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
-    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, 0))
+    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, 0),
+                         batch_rows=int(cfg.rollout_rows))
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
                                      cfg.reward, task_checker=check_completion)
     adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
@@ -207,8 +208,10 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   cfg = ctx.config.grpo
   replay = make_replay(ctx)
   loss_fn = update_loss_fn(cfg, loss_fn, ctx.model_cfg)
-  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  logprobs = make_eval_fn(logprob_fn(ctx.model_cfg), mesh=ctx.mesh)
+  budget = int(cfg.tokens_per_device)
+  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
+                               tokens_per_device=budget)
+  logprobs = make_eval_fn(logprob_fn(ctx.model_cfg), mesh=ctx.mesh, tokens_per_device=budget)
 
   def learn(state, gb: GRPOBatch, step: int, rng: jax.Array,
             behaviour_logprobs: Optional[np.ndarray] = None):

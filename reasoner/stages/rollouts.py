@@ -30,17 +30,26 @@ class Rollouts:
 
 
 def sample_rollouts(params, ctx, prompts: Sequence[list[int]], sampling: SamplingConfig,
-                    rng: jax.Array) -> Rollouts:
-  out = generate(params, ctx.model_cfg, list(prompts), sampling, rng, pad_id=ctx.tokenizer.pad_id,
-                 eos_id=ctx.tokenizer.eos_id, mesh=ctx.mesh)
-  n = sampling.n
-  completions = [row[:length].tolist() for row, length in zip(out.tokens, out.lengths)]
-  injected = [np.asarray(m[:length], bool) for m, length in zip(out.injected, out.lengths)]
-  logprobs = [np.asarray(lp[:length], np.float32) for lp, length in zip(out.logprobs, out.lengths)]
-  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(n)],
+                    rng: jax.Array, batch_rows: int = 0) -> Rollouts:
+  """Samples `sampling.n` completions per prompt. With `batch_rows` > 0 the sampler runs on at
+  most that many rows (batch_rows // n prompts) at a time, which bounds its KV cache; 0 = all
+  prompts in one call."""
+  prompts = list(prompts)
+  per_call = len(prompts) if batch_rows <= 0 else max(1, batch_rows // sampling.n)
+  outs = []
+  for i in range(0, len(prompts), per_call):
+    key = rng if per_call >= len(prompts) else jax.random.fold_in(rng, i)
+    outs.append(generate(params, ctx.model_cfg, prompts[i:i + per_call], sampling, key,
+                         pad_id=ctx.tokenizer.pad_id, eos_id=ctx.tokenizer.eos_id, mesh=ctx.mesh))
+  rows = [(row, m, lp, length) for out in outs
+          for row, m, lp, length in zip(out.tokens, out.injected, out.logprobs, out.lengths)]
+  completions = [row[:length].tolist() for row, _, _, length in rows]
+  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(sampling.n)],
                   completion_ids=completions, texts=[ctx.decode(c) for c in completions],
-                  lengths=np.asarray(out.lengths), done=np.asarray(out.done), injected=injected,
-                  logprobs=logprobs)
+                  lengths=np.concatenate([out.lengths for out in outs]),
+                  done=np.concatenate([out.done for out in outs]),
+                  injected=[np.asarray(m[:length], bool) for _, m, _, length in rows],
+                  logprobs=[np.asarray(lp[:length], np.float32) for _, _, lp, length in rows])
 
 
 def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], seq_len: int,

@@ -37,7 +37,8 @@ def run_supervised(ctx: StageContext, stage: str, params, examples: Sequence[tup
   optimizer = make_optimizer(scfg.optim)
   state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
   loss_fn = functools.partial(sft_loss, model_cfg=ctx.model_cfg)
-  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
+                         tokens_per_device=int(scfg.tokens_per_device))
   seed = stable_seed(ctx.config.seed, stage, "batches")
 
   def step_fn(state, i, rng):

@@ -143,9 +143,22 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   return _step_fn(loss_fn, optimizer, micro_batches)
 
 
+def batch_tokens(batch: Any) -> tuple[int, int]:
+  """(rows, tokens per row) of a batch: rows = the leading dim of its first `tokens` leaf, tokens
+  = the size of every `tokens` leaf (a DPO pair's chosen and rejected, a replay sub-batch) over
+  those rows."""
+  leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(batch)
+            if getattr(path[-1], "key", None) == "tokens"]
+  if not leaves:
+    raise ValueError("a token budget needs a batch with a 'tokens' leaf")
+  rows = int(np.shape(leaves[0])[0])
+  return rows, -(-sum(int(np.prod(np.shape(x))) for x in leaves) // rows)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
-                    donate: bool = True, micro_batches: int = 1, frozen_shardings: Any = None):
+                    donate: bool = True, micro_batches: int = 0, tokens_per_device: int = 0,
+                    frozen_shardings: Any = None):
   """step(state, batch, rng) -> (state, metrics); see the module docstring.
 
   Without `param_shardings` on a mesh, the state keeps the shardings its arrays have (build
@@ -153,43 +166,71 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   {'model', 'value_head'}: pass {'model': sharding.param_shardings(cfg, mesh), 'value_head':
   replicated shardings}. With frozen weights in the state (LoRA), `frozen_shardings` places
   them (default: as they are). Batches may be host arrays or already sharded global arrays.
+  Micro-batches: `micro_batches` if > 0, else as many as keep each device within
+  `tokens_per_device` tokens at a time (`micro_batches_for`; 0 = no budget), per batch shape.
   """
-  if micro_batches < 1:
-    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-  fn = _step_fn(loss_fn, optimizer, micro_batches)
+  if micro_batches < 0 or tokens_per_device < 0:
+    raise ValueError(f"micro_batches and tokens_per_device must be >= 0, got {micro_batches}, "
+                     f"{tokens_per_device}")
   donate_argnums = (0,) if donate else ()
-  if mesh is None:
-    return jax.jit(fn, donate_argnums=donate_argnums)
-
   compiled: dict = {}
   state_sh: list = []
 
+  def micro(batch) -> int:
+    if micro_batches:
+      return micro_batches
+    if not tokens_per_device:
+      return 1
+    return micro_batches_for(*batch_tokens(batch), tokens_per_device, mesh)
+
   def step(state: TrainState, batch: Any, rng: jax.Array):
+    leaves, treedef = jax.tree.flatten(batch)
+    key = (treedef, tuple(np.shape(x) for x in leaves))
+    if mesh is None:
+      if key not in compiled:
+        compiled[key] = jax.jit(_step_fn(loss_fn, optimizer, micro(batch)),
+                                donate_argnums=donate_argnums)
+      return compiled[key](state, batch, rng)
     if not state_sh:
       own = _own_shardings(state, mesh)
       sh = own if param_shardings is None else train_state_shardings(
           optimizer, state.params, param_shardings, mesh).replace(frozen=own.frozen)
       state_sh.append(sh if frozen_shardings is None else sh.replace(frozen=frozen_shardings))
-    leaves, treedef = jax.tree.flatten(batch)
-    key = (treedef, tuple(np.shape(x) for x in leaves))
     if key not in compiled:
-      compiled[key] = jit_step(fn, state_sh[0], batch, mesh, donate=donate)
+      compiled[key] = jit_step(_step_fn(loss_fn, optimizer, micro(batch)), state_sh[0], batch,
+                               mesh, donate=donate)
     with jax.set_mesh(mesh):
       return compiled[key](state, shard_batch(batch, mesh), rng)
 
   return step
 
 
-def make_eval_fn(fn: Callable[[Any, Any], Any], mesh: Optional[Mesh] = None):
+def make_eval_fn(fn: Callable[[Any, Any], Any], mesh: Optional[Mesh] = None,
+                 tokens_per_device: int = 0):
   """Jits a forward-only fn(params, batch) -> outputs (e.g. reference log-probs via
   `sequence_logprobs`). On a mesh the batch is split over (data, fsdp) and params are used
-  where they are; output placement is left to the compiler."""
+  where they are; output placement is left to the compiler. With `tokens_per_device` > 0 the
+  rows run in as many equal calls as keep each device within that many tokens at a time
+  (`micro_batches_for`), and the outputs (leading dim = rows) are concatenated."""
   jitted = jax.jit(fn)
-  if mesh is None:
-    return jitted
 
-  def run(params, batch):
+  def call(params, batch):
+    if mesh is None:
+      return jitted(params, batch)
     with jax.set_mesh(mesh):
       return jitted(params, shard_batch(batch, mesh))
+
+  if not tokens_per_device:
+    return call
+
+  def run(params, batch):
+    rows, per_row = batch_tokens(batch)
+    m = micro_batches_for(rows, per_row, tokens_per_device, mesh)
+    if m == 1:
+      return call(params, batch)
+    size = rows // m
+    parts = [call(params, jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch))
+             for i in range(m)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
   return run
