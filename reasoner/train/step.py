@@ -108,6 +108,16 @@ def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_bat
   return step
 
 
+def _frozen_apart(fn):
+  """fn(state, batch, rng) as fn(state without frozen, frozen, batch, rng) -> (state without
+  frozen, metrics): the frozen weights are an input only, never donated nor returned, so other
+  holders of them (a GRPO reference, a rollout actor) keep valid arrays."""
+  def run(state, frozen, batch, rng):
+    new, metrics = fn(state.replace(frozen=frozen), batch, rng)
+    return new.replace(frozen=None), metrics
+  return run
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, param_shardings: Any = None,
                     donate: bool = True, micro_batches: int = 1, frozen_shardings: Any = None):
@@ -117,14 +127,22 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   it with `init_train_state(..., mesh=mesh, param_shardings=...)`). For PPO the params are
   {'model', 'value_head'}: pass {'model': sharding.param_shardings(cfg, mesh), 'value_head':
   replicated shardings}. With frozen weights in the state (LoRA), `frozen_shardings` places
-  them (default: as they are). Batches may be host arrays or already sharded global arrays.
+  them (default: as they are); they are passed in apart from the rest of the state, never
+  donated, and the new state holds the very same arrays. Batches may be host arrays or already
+  sharded global arrays.
   """
   if micro_batches < 1:
     raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-  fn = _step_fn(loss_fn, optimizer, micro_batches)
+  fn = _frozen_apart(_step_fn(loss_fn, optimizer, micro_batches))
   donate_argnums = (0,) if donate else ()
   if mesh is None:
-    return jax.jit(fn, donate_argnums=donate_argnums)
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+
+    def step(state: TrainState, batch: Any, rng: jax.Array):
+      new, metrics = jitted(state.replace(frozen=None), state.frozen, batch, rng)
+      return new.replace(frozen=state.frozen), metrics
+
+    return step
 
   rep = NamedSharding(mesh, P())
   compiled: dict = {}
@@ -136,13 +154,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       sh = own if param_shardings is None else train_state_shardings(
           optimizer, state.params, param_shardings, mesh).replace(frozen=own.frozen)
       state_sh.append(sh if frozen_shardings is None else sh.replace(frozen=frozen_shardings))
+    trained_sh, frozen_sh = state_sh[0].replace(frozen=None), state_sh[0].frozen
     leaves, treedef = jax.tree.flatten(batch)
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if key not in compiled:
-      compiled[key] = jax.jit(fn, in_shardings=(state_sh[0], batch_shardings(batch, mesh), rep),
-                              out_shardings=(state_sh[0], rep), donate_argnums=donate_argnums)
+      compiled[key] = jax.jit(fn, in_shardings=(trained_sh, frozen_sh, batch_shardings(batch, mesh),
+                                                rep),
+                              out_shardings=(trained_sh, rep), donate_argnums=donate_argnums)
+    frozen = state.frozen
+    if frozen is not None and frozen_shardings is not None:
+      frozen = jax.device_put(frozen, frozen_shardings)
     with jax.set_mesh(mesh):
-      return compiled[key](state, shard_batch(batch, mesh), rng)
+      new, metrics = compiled[key](state.replace(frozen=None), frozen, shard_batch(batch, mesh), rng)
+    return new.replace(frozen=frozen), metrics
 
   return step
 
