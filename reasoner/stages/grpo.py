@@ -14,6 +14,10 @@ the rows of dropped groups are left out (the row count is rounded up to a quarte
 so it takes at most four compiles), rows are as wide as the longest prompt + completion sampled
 (rounded up to 32), and with one update per batch the old log-probs are not recomputed (the ratio
 is 1 by definition: `grpo_objective` with old_logp=None).
+
+With config.model.lora_rank > 0 the stage trains adapters on its starting model frozen
+(`reasoner/stages/trainable.py`): rollouts sample base + adapters and the KL reference is the
+frozen base itself (adapters off), read from the state at every step.
 """
 
 from __future__ import annotations

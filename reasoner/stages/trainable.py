@@ -63,8 +63,8 @@ def init_stage_state(ctx: StageContext, stage: str, params, optimizer) -> TrainS
   adapters = jax.jit(lambda r: lora.init_lora(cfg, r), out_shardings=shardings)(rng)
   n_base = sum(x.size for x in jax.tree.leaves(base))
   print(f"[{stage}] LoRA rank {cfg.lora_rank} (alpha {cfg.lora_alpha:g}) on "
-        f"{','.join(lora.lora_targets(cfg))}: training {lora.lora_param_count(cfg) / 1e6:.2f}M "
-        f"adapter params on a frozen {cfg.param_dtype} base of {n_base / 1e6:.1f}M", flush=True)
+        f"{','.join(lora.lora_targets(cfg))}: training {lora.lora_param_count(cfg):,} adapter "
+        f"params on a frozen {cfg.param_dtype} base of {n_base:,}", flush=True)
   return init_train_state(adapters, optimizer, mesh=ctx.mesh, param_shardings=shardings,
                           frozen=base, frozen_shardings=None if ctx.mesh is None
                           else ctx.param_shardings)
