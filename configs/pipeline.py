@@ -6,7 +6,8 @@ Usage:
   python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/r1zero --config.r1_zero=True
 
 Presets: tiny (CPU, minutes), qwen2_5_0_5b_gsm8k, qwen2_5_7b_gsm8k, llama3_1_8b_gsm8k.
-Every field can be overridden with --config.a.b=value.
+Every field can be overridden with --config.a.b=value, e.g. --config.model.lora_rank=8 to train
+LoRA adapters instead of every weight (reasoner/stages/trainable.py).
 """
 
 from ml_collections import ConfigDict
@@ -24,6 +25,17 @@ def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine", fu
                          grad_accum_steps=accum, fused=fused))
 
 
+def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
+          targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down", base_dtype: str = "float32"):
+  """LoRA fields of config.model. rank > 0: every stage but pre-training trains rank-`rank`
+  adapters (scale alpha / rank) on `targets` over a frozen base stored in `base_dtype`
+  (model.param_dtype), and merges them into the weights when it ends."""
+  model.lora_rank = rank
+  model.lora_alpha = float(alpha)
+  model.lora_targets = targets
+  model.param_dtype = base_dtype
+
+
 def tiny() -> ConfigDict:
   c = ConfigDict()
   c.preset = "tiny"
@@ -35,6 +47,7 @@ def tiny() -> ConfigDict:
 
   c.model = ConfigDict(MODEL_PRESETS["tiny"])
   c.model.preset = "tiny"
+  _lora(c.model)  # full fine-tuning; --config.model.lora_rank=8 trains adapters instead
   # Where M0 comes from: "pretrain" (the pipeline pre-trains it on the task corpus) or a
   # model directory / Hugging Face folder path.
   c.init = "pretrain"
@@ -144,6 +157,7 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.model.preset = model_preset
   c.model.dtype = "bfloat16"
   c.model.remat = True
+  _lora(c.model)
   c.init = ""  # a Hugging Face folder or model directory; required
   c.mesh = ConfigDict(mesh)
   c.tokenizer = ConfigDict(dict(kind="from_init", path="", vocab_size=0, template=template))
@@ -179,17 +193,23 @@ def get_config(preset: str = "tiny") -> ConfigDict:
     return tiny()
   # One 16 GiB chip (a Colab T4 or a TPU v5e-1), 12 GiB of it planned for.
   small = _hardware("colab-t4 / tpu-v5e-1", devices=1, memory_gib=16.0, budget_gib=12.0)
-  # A TPU v4-32 slice: 16 chips of 32 GiB, 24 GiB of each planned for; mesh fsdp 4 x tensor 4.
-  v4_32 = _hardware("tpu-v4-32", devices=16, memory_gib=32.0, budget_gib=24.0)
+  # A TPU v4-8: 4 chips of 32 GiB, 24 GiB of each planned for.
+  v4_8 = _hardware("tpu-v4-8", devices=4, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
     c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small,
               tokens_per_device=8192, rollout_rows=256, lr_scale=2.0)
+  # The 7B / 8B presets train LoRA adapters on every projection over a bfloat16 frozen base
+  # (about 2 bytes a weight, against 16 for float32 weights + Adam moments), which fits a v4-8;
+  # LoRA wants learning rates ~10x those of full fine-tuning, hence lr_scale. The 0.5B preset
+  # fine-tunes fully.
   elif preset == "qwen2_5_7b_gsm8k":
-    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=4), "qwen", v4_32,
-              tokens_per_device=16384, rollout_rows=1024)
+    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=1), "qwen", v4_8,
+              tokens_per_device=8192, rollout_rows=256, lr_scale=10.0)
+    _lora(c.model, rank=16, alpha=32, base_dtype="bfloat16")
   elif preset == "llama3_1_8b_gsm8k":
-    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=4), "llama3", v4_32,
-              tokens_per_device=16384, rollout_rows=1024)
+    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=1), "llama3", v4_8,
+              tokens_per_device=8192, rollout_rows=256, lr_scale=10.0)
+    _lora(c.model, rank=32, alpha=64, base_dtype="bfloat16")
   else:
     raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
   c.preset = preset  # _real starts from tiny()

@@ -3,7 +3,8 @@
   python -m launch.export_hf --checkpoint=runs/tiny/stages/dpo/final --out=hf/tiny-reasoner \
       [--dtype=bfloat16] [--max_shard_mb=2048] [--overwrite]
 
-The result loads with transformers.AutoModelForCausalLM / AutoTokenizer.from_pretrained.
+The result loads with transformers.AutoModelForCausalLM / AutoTokenizer.from_pretrained. A model
+directory holding LoRA adapters is exported with them merged into the weights.
 """
 
 from __future__ import annotations

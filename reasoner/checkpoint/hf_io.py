@@ -316,8 +316,11 @@ def export_hf(params: Any, model_cfg: ModelConfig, out_dir, tokenizer=None,
 
   Written into a temp dir next to `out_dir`, renamed at the end; a non-empty `out_dir` is
   refused unless `overwrite`. Every process calls it (sharded params are gathered one
-  tensor at a time); process 0 writes.
+  tensor at a time); process 0 writes. Params with LoRA adapters are exported merged
+  (`reasoner.model.lora.merge_lora`): plain HF weights.
   """
+  from reasoner.model import lora
+  params = lora.merge_lora(params, model_cfg)
   if dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {dtype!r}")
   out = epath.Path(out_dir)

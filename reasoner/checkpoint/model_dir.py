@@ -1,7 +1,9 @@
 """A model directory: what one stage hands to the next (weights, shape, tokenizer, metadata).
 
   DIR/model_config.json   ModelConfig.to_dict()
-  DIR/params/             the parameter pytree (Orbax; sharded arrays saved shard by shard)
+  DIR/params/             the parameter pytree (Orbax; sharded arrays saved shard by shard);
+                          with lora_rank > 0 it may carry LoRA adapters (layers/lora, see
+                          reasoner.model.lora); the pipeline's stages save them merged
   DIR/tokenizer/          tokenizer.save(...) output (optional)
   DIR/metadata.json       free-form JSON (optional)
 
@@ -115,12 +117,15 @@ def _check_shapes(saved: dict, expected: dict, where: str) -> None:
                        f"{CONFIG_FILE} implies {tuple(shape)}")
 
 
-def load_model(directory, mesh: Optional[Mesh] = None, rules=None):
+def load_model(directory, mesh: Optional[Mesh] = None, rules=None, dtype: Optional[str] = None):
   """Reads a model directory.
 
-  With `mesh`, parameters land sharded by `reasoner.sharding.param_shardings(cfg, mesh, rules)`;
-  without, on the first local device. Returns (params, model_cfg, tokenizer or None, metadata).
+  With `mesh`, parameters land sharded by `reasoner.sharding.param_shardings(cfg, mesh, rules)`
+  (adapters, if saved, by `lora_shardings`); without, on the first local device. With `dtype`
+  the weights are cast to it as they are read. Returns (params, model_cfg, tokenizer or None,
+  metadata).
   """
+  from reasoner.model import lora
   from reasoner import sharding
   from reasoner.tokenizer import load_tokenizer
 
@@ -130,13 +135,23 @@ def load_model(directory, mesh: Optional[Mesh] = None, rules=None):
   if not params_dir.exists():
     raise FileNotFoundError(f"{d} has no {PARAMS_DIR}/ (incomplete model directory)")
   saved = _saved_shapes(params_dir)
-  _check_shapes(saved, decoder.param_shapes(cfg), str(params_dir))
+  adapters = cfg.lora_rank > 0 and "lora" in saved.get("layers", {})
+  expected = decoder.param_shapes(cfg)
+  if adapters:
+    expected = {**expected, "layers": {**expected["layers"], **lora.lora_shapes(cfg)["layers"]}}
+  _check_shapes(saved, expected, str(params_dir))
   if mesh is not None:
     shardings = sharding.param_shardings(cfg, mesh, rules or sharding.DEFAULT_RULES)
+    if adapters:
+      extra = sharding.lora_shardings(cfg, mesh, rules or sharding.DEFAULT_RULES)
+      shardings = {**shardings, "layers": {**shardings["layers"], **extra["layers"]}}
   else:
     dev = SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: dev, decoder.param_shapes(cfg),
-                             is_leaf=lambda x: isinstance(x, tuple))
+    shardings = jax.tree.map(lambda _: dev, expected, is_leaf=lambda x: isinstance(x, tuple))
+  if dtype is not None:
+    saved = jax.tree.map(lambda sd: (sd[0], jax.numpy.dtype(dtype)), saved,
+                         is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
+                         and isinstance(x[0], tuple))
   target = jax.tree.map(lambda sd, sh: jax.ShapeDtypeStruct(sd[0], sd[1], sharding=sh), saved,
                         shardings, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
                         and isinstance(x[0], tuple))

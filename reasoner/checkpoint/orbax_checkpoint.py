@@ -100,6 +100,12 @@ class CheckpointManager:
             "opt_state": out["opt_state"] if "opt_state" in items else None,
             "rng": rng, "metadata": info.get("user", {})}
 
+  def saved_shapes(self, step: int, item: str = "params") -> Any:
+    """The pytree of shapes (tuples) `item` was saved with at `step`, read from its metadata."""
+    meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / item).item_metadata
+    tree = getattr(meta, "tree", meta)
+    return jax.tree.map(lambda m: tuple(m.shape), tree)
+
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""
     self._mgr.wait_until_finished()

@@ -4,6 +4,11 @@ M0 (pre-trained here, or loaded) -> SFT (M1) -> GRPO (M2) -> rejection-sampling 
 (M3) -> DPO (M4). Each finished stage leaves `WORKDIR/stages/NAME/final` (a model directory) and
 `eval.json`; a rerun skips finished stages and resumes an unfinished one from its last
 checkpoint. Results go to WORKDIR/report.json, a printed table and PNG curves.
+
+LoRA (config.model.lora_rank > 0): every stage after pre-training trains fresh adapters on the
+model it starts from, frozen in config.model.param_dtype, and saves them merged into the weights
+(`reasoner/stages/trainable.py`), so each `final` directory holds plain params. The lora_* fields
+and that param_dtype come from the pipeline config onto every model loaded from disk.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 import jax
 
 from reasoner import sharding
-from reasoner.checkpoint import load_model, save_model
+from reasoner.checkpoint import load_model, read_model_config, save_model
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
@@ -68,17 +73,32 @@ def build_model_config(cfg, tokenizer) -> ModelConfig:
   return model_cfg
 
 
+_LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+
+
+def training_model_config(model_cfg: ModelConfig, cfg) -> ModelConfig:
+  """`model_cfg` with the pipeline's LoRA fields (config.model.lora_*) and, under LoRA, its
+  param_dtype (the frozen base's storage dtype); unchanged for lora_rank 0 and default fields."""
+  fields = {k: cfg.model[k] for k in _LORA_FIELDS if k in cfg.model}
+  if fields.get("lora_rank") and "param_dtype" in cfg.model:
+    fields["param_dtype"] = cfg.model.param_dtype
+  return model_cfg.replace(**fields)
+
+
 def _load_initial(cfg, mesh, tokenizer):
   """M0 from a model directory or a Hugging Face folder, its vocab grown to fit `tokenizer`."""
   from reasoner.checkpoint import grow_vocab
   from reasoner.checkpoint.hf_io import import_hf
   from reasoner.tokenizer.base import padded_vocab_size
   path = cfg.init
+  # Under LoRA the weights are a frozen base, read straight into its storage dtype.
+  dtype = cfg.model.get("param_dtype") if cfg.model.get("lora_rank") else None
   if os.path.exists(os.path.join(path, "model_config.json")):
-    params, model_cfg, _, _ = load_model(path)
+    params, model_cfg, _, _ = load_model(path, dtype=dtype)
   else:
-    params, model_cfg = import_hf(path)
-  model_cfg = model_cfg.replace(dtype=cfg.model.dtype, remat=cfg.model.remat)
+    params, model_cfg = import_hf(path, **({"dtype": dtype} if dtype else {}))
+  model_cfg = training_model_config(model_cfg.replace(dtype=cfg.model.dtype, remat=cfg.model.remat),
+                                    cfg)
   if tokenizer.vocab_size > model_cfg.vocab_size:
     _log(f"[init] growing the vocabulary {model_cfg.vocab_size} -> "
          f"{padded_vocab_size(tokenizer.vocab_size)} for the reasoning tags")
@@ -116,7 +136,9 @@ class Pipeline:
     if not self._has(name):
       raise FileNotFoundError(f"stage needs the {name} model at {self._final(name)}; "
                               f"run --config.stages={name} first (or the whole pipeline)")
-    params, model_cfg, _, _ = load_model(self._final(name), mesh=self.mesh)
+    model_cfg = training_model_config(read_model_config(self._final(name)), self.cfg)
+    dtype = model_cfg.param_dtype if model_cfg.lora_rank else None
+    params, _, _, _ = load_model(self._final(name), mesh=self.mesh, dtype=dtype)
     return params, model_cfg
 
   # ---- evaluation ----------------------------------------------------------------------------

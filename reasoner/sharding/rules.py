@@ -34,6 +34,7 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("seq", None),
     ("cache_seq", None),
+    ("lora_rank", None),  # LoRA adapters' rank dim (small: never split)
     # Activations.
     ("act_batch", ("data", "fsdp")),
     ("act_seq", None),
@@ -107,6 +108,13 @@ def param_shardings(cfg, mesh: Mesh, rules: Rules = DEFAULT_RULES):
   """NamedSharding for every parameter of the decoder `cfg`."""
   from reasoner.model import decoder
   return tree_shardings(decoder.param_logical_axes(cfg), decoder.param_shapes(cfg), mesh, rules)
+
+
+def lora_shardings(cfg, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """NamedSharding for every LoRA adapter of `cfg` ({"layers": {"lora": ...}}; empty without
+  LoRA): each adapter's input / output dims follow its weight's (reasoner.model.lora)."""
+  from reasoner.model import lora
+  return tree_shardings(lora.lora_logical_axes(cfg), lora.lora_shapes(cfg), mesh, rules)
 
 
 def sharded_init(cfg, rng: jax.Array, mesh: Mesh, rules: Rules = DEFAULT_RULES):

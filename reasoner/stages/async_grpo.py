@@ -18,6 +18,9 @@ rollouts of step t + 1 with a policy snapshot while the learner trains on step t
            starts the actor from the restored params, so its first max_staleness steps are
            sampled by the restored version (fresher than in the killed run); the data and RNG of
            every step are still functions of (seed, step).
+  LoRA     with config.model.lora_rank > 0 the learner trains adapters on a frozen base
+           (`reasoner/stages/trainable.py`); snapshots copy only the adapters and share the base
+           (moved once to the actor's devices when it has its own).
 
 Single-process only: on several hosts two threads could enqueue their collectives in different
 orders on different hosts.
@@ -36,7 +39,10 @@ from reasoner.stages.actor import PolicyActor, copy_to
 from reasoner.stages.context import StageContext
 from reasoner.stages.grpo import grpo_config, make_collect, make_learn
 from reasoner.stages.loop import step_rng, train_loop
-from reasoner.train import init_train_state, make_optimizer
+from reasoner.stages.trainable import (init_stage_state, reference_params, stage_result,
+                                       uses_lora)
+from reasoner.train import make_optimizer
+from reasoner.train.state import merge_trees
 
 
 def split_devices(ctx: StageContext, actor_devices: int) -> tuple[StageContext, StageContext]:
@@ -65,15 +71,22 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
   if learner_ctx is not ctx:
     params = jax.device_put(params, learner_ctx.param_shardings)
   optimizer = make_optimizer(cfg.optim)
-  state = init_train_state(params, optimizer, mesh=learner_ctx.mesh,
-                           param_shardings=learner_ctx.param_shardings)
+  state = init_stage_state(learner_ctx, "grpo", params, optimizer)
   loss_fn = functools.partial(off_policy_grpo_loss, model_cfg=ctx.model_cfg, config=loss_cfg,
                               is_clip=float(opts.is_clip))
+  reference = reference_params if state.frozen is not None else params
   learn = make_learn(learner_ctx, optimizer, loss_fn,
-                     ref_params=params if loss_cfg.beta > 0 else None, off_policy=True)
+                     ref_params=reference if loss_cfg.beta > 0 else None, off_policy=True)
   collect = make_collect(actor_ctx)
+  if uses_lora(ctx):  # snapshots are adapters; the actor adds them to its copy of the base
+    own = actor_ctx is ctx
+    base = state.frozen if own else jax.device_put(state.frozen, actor_ctx.param_shardings)
+    copy = copy_to(None if own else sharding.lora_shardings(ctx.model_cfg, actor_ctx.mesh))
+    place = lambda adapters: merge_trees(base, copy(adapters))
+  else:
+    place = copy_to(None if actor_ctx is ctx else actor_ctx.param_shardings)
   actor = PolicyActor(lambda p, step: collect(p, step, step_rng(rng, step)), opts.max_staleness,
-                      place=copy_to(None if actor_ctx is ctx else actor_ctx.param_shardings))
+                      place=place)
 
   def step_fn(state, step, rng_step):
     if not actor.started:  # here rather than up front: train_loop may have restored a checkpoint
@@ -94,6 +107,7 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
                        checkpoint_every=ctx.config.checkpoint_every)
   finally:
     actor.close()
+  params = stage_result(learner_ctx, state)
   if learner_ctx is not ctx:
-    return jax.device_put(state.params, ctx.param_shardings)
-  return state.params
+    return jax.device_put(params, ctx.param_shardings)
+  return params

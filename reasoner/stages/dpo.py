@@ -9,11 +9,13 @@ Two preference metrics on held-out pairs (sampled from M3 on test problems):
   pref_acc    share of pairs whose chosen response the model gives the higher log-probability;
   reward_acc  share of pairs whose chosen response gets the higher DPO implicit reward
               log pi - log pi_M3 (what DPO optimises; ties count half, so M3 itself scores 0.5).
+
+With config.model.lora_rank > 0 the stage trains adapters on M3 frozen
+(`reasoner/stages/trainable.py`), and the reference log-probs come from that frozen base.
 """
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
@@ -30,7 +32,8 @@ from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
 from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
-from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
+from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
+from reasoner.train import make_eval_fn, make_optimizer, make_train_step
 from reasoner.train.packing import pack_sequences
 
 
@@ -129,16 +132,17 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
     raise ValueError("[dpo] no preference pairs: the model's samples were all correct or all wrong; "
                      "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
   print(f"[dpo] {len(pairs)} preference pairs", flush=True)
+  optimizer = make_optimizer(cfg.optim)
+  state = init_stage_state(ctx, "dpo", params, optimizer)
+  ref = params if state.frozen is None else state.frozen  # LoRA: the frozen base, adapters off
   data = pair_batch(pairs, cfg.seq_len, ctx.tokenizer.pad_id)
-  data["ref_chosen_logps"], data["ref_rejected_logps"] = pair_logps(ctx, params, pairs, cfg.seq_len,
+  data["ref_chosen_logps"], data["ref_rejected_logps"] = pair_logps(ctx, ref, pairs, cfg.seq_len,
                                                                     cfg.batch_size)
 
   replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
                           cfg.seq_len, ctx.tokenizer.pad_id)
   loss_fn = dpo_train_loss(cfg, ctx.model_cfg)
-  optimizer = make_optimizer(cfg.optim)
-  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
+  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=train_shardings(ctx),
                          tokens_per_device=int(cfg.tokens_per_device))
 
   def step_fn(state, i, rng):
@@ -151,4 +155,4 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
   state = train_loop("dpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("dpo"),
                      writer=ctx.writer, rng=jax.random.fold_in(rng, 1), log_every=ctx.config.log_every,
                      checkpoint_every=ctx.config.checkpoint_every)
-  return state.params
+  return stage_result(ctx, state)

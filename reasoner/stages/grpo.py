@@ -14,6 +14,10 @@ the rows of dropped groups are left out (the row count is rounded up to a quarte
 so it takes at most four compiles), rows are as wide as the longest prompt + completion sampled
 (rounded up to 32), and with one update per batch the old log-probs are not recomputed (the ratio
 is 1 by definition: `grpo_objective` with old_logp=None).
+
+With config.model.lora_rank > 0 the stage trains adapters on its starting model frozen
+(`reasoner/stages/trainable.py`): rollouts sample base + adapters and the KL reference is the
+frozen base itself (adapters off), read from the state at every step.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows, sample_rollouts
 from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
-from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
+from reasoner.stages.trainable import (init_stage_state, policy_params, reference_params,
+                                       stage_result, train_shardings)
+from reasoner.train import make_eval_fn, make_optimizer, make_train_step
 from reasoner.train.packing import pack_sequences
 
 
@@ -204,13 +210,15 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   gets behaviour_logprobs: the given ones, or none (meaning the proximal ones) when None (the rows
   were sampled by the very params being trained: the synchronous case). With
   `grpo.replay_weight` > 0 each update adds the SFT loss on a batch of replayed solutions.
+  `ref_params` is the KL reference: params, or a function of the state (under LoRA the state's
+  frozen base, read at every step: no copy of the weights is kept).
   """
   cfg = ctx.config.grpo
   replay = make_replay(ctx)
   loss_fn = update_loss_fn(cfg, loss_fn, ctx.model_cfg)
   budget = int(cfg.tokens_per_device)
-  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
-                               tokens_per_device=budget)
+  train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh,
+                               param_shardings=train_shardings(ctx), tokens_per_device=budget)
   logprobs = make_eval_fn(logprob_fn(ctx.model_cfg), mesh=ctx.mesh, tokens_per_device=budget)
 
   def learn(state, gb: GRPOBatch, step: int, rng: jax.Array,
@@ -218,11 +226,12 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
     t0 = time.perf_counter()
     batch = dict(gb.rows)
     if recomputes_old_logprobs(cfg, off_policy, behaviour_logprobs is not None):
-      batch["old_logprobs"] = to_host(logprobs(state.params, batch))
+      batch["old_logprobs"] = to_host(logprobs(policy_params(state), batch))
     if off_policy and behaviour_logprobs is not None:
       batch["behaviour_logprobs"] = behaviour_logprobs
     if ref_params is not None:
-      batch["ref_logprobs"] = to_host(logprobs(ref_params, batch))
+      ref = ref_params(state) if callable(ref_params) else ref_params
+      batch["ref_logprobs"] = to_host(logprobs(ref, batch))
     metrics = {}
     if gb.any_kept:
       rows = len(batch["tokens"])
@@ -248,15 +257,16 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
   cfg = ctx.config.grpo
   loss_cfg = grpo_config(cfg)
   optimizer = make_optimizer(cfg.optim)
-  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  state = init_stage_state(ctx, "grpo", params, optimizer)
   loss_fn = grpo_loss_fn(cfg, ctx.model_cfg)
   collect = make_collect(ctx)
-  learn = make_learn(ctx, optimizer, loss_fn, ref_params=params if loss_cfg.beta > 0 else None)
+  reference = reference_params if state.frozen is not None else params
+  learn = make_learn(ctx, optimizer, loss_fn, ref_params=reference if loss_cfg.beta > 0 else None)
 
   def step_fn(state, step, rng):
-    return learn(state, collect(state.params, step, rng), step, rng)
+    return learn(state, collect(policy_params(state), step, rng), step, rng)
 
   state = train_loop("grpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
                      checkpoint_every=ctx.config.checkpoint_every)
-  return state.params
+  return stage_result(ctx, state)

@@ -3,6 +3,11 @@
 A stage supplies `step_fn(state, step, rng) -> (state, metrics)`; everything stateful (the
 optimiser state, the step counter, the RNG) lives in the checkpoint, and the data for step s is
 a pure function of (seed, s), so a killed run resumes to the same final step.
+
+Only `state.params` (what the optimiser trains) and the optimiser state are checkpointed; frozen
+weights (a LoRA base) are the stage's input, rebuilt identically by the rerun. A checkpoint
+whose params do not match the state's (e.g. full weights saved, LoRA adapters now) is refused
+with a one-line error rather than restored.
 """
 
 from __future__ import annotations
@@ -21,6 +26,23 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _leaf_shapes(tree) -> dict:
+  is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+  return {jax.tree_util.keystr(p): tuple(v) for p, v in
+          jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_shape)}
+
+
+def check_resumable(mgr: CheckpointManager, step: int, params, stage: str) -> None:
+  """Raises ValueError when the checkpoint at `step` holds other params than `params`."""
+  saved = _leaf_shapes(mgr.saved_shapes(step))
+  want = _leaf_shapes(jax.tree.map(lambda x: tuple(x.shape), params))
+  if saved != want:
+    diff = sorted(set(saved.items()) ^ set(want.items()))[:3]
+    raise ValueError(f"[{stage}] checkpoint step {step} in {mgr.directory} holds other params than "
+                     f"this run trains (e.g. {diff}); was config.model.lora_* changed? Restore it "
+                     f"or remove {mgr.directory}")
+
+
 def step_rng(rng: jax.Array, step: int) -> jax.Array:
   """The RNG `train_loop` hands to step `step` (an actor running ahead derives the same one)."""
   return jax.random.fold_in(rng, step)
@@ -33,6 +55,7 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
   mgr = CheckpointManager(os.path.join(stage_dir, "ckpt"), max_to_keep=2)
   start = mgr.latest_step() or 0
   if start:
+    check_resumable(mgr, start, state.params, stage)
     restored = mgr.restore(start, params_target=_abstract(state.params),
                            opt_state_target=_abstract(state.opt_state))
     state = state.replace(step=start, params=restored["params"], opt_state=restored["opt_state"])

@@ -3,10 +3,14 @@
 The corpus states each problem, its working and its answer in plain prose ("Question: ...
 Working: ... The answer is ..."), never in the chat template or the `<think>`/`<answer>` tags,
 so M0 knows the material but not the reasoning format that SFT will teach.
+
+Pre-training from scratch trains every weight even when config.model.lora_rank > 0 (adapters on
+a random base would learn nothing useful); the later stages then train adapters on M0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -32,6 +36,7 @@ def corpus(ctx: StageContext, n: int) -> list[str]:
 
 def run_pretrain(ctx: StageContext, rng: jax.Array):
   cfg = ctx.config.pretrain
+  ctx = dataclasses.replace(ctx, model_cfg=ctx.model_cfg.replace(lora_rank=0))
   docs = corpus(ctx, cfg.n_documents)
   examples = [([], ctx.tokenizer.encode(d) + [ctx.tokenizer.eos_id]) for d in docs]
   params = sharded_init(ctx.model_cfg, jax.random.fold_in(rng, 0), ctx.mesh)

@@ -11,7 +11,8 @@ import numpy as np
 from reasoner.losses.sft import sft_loss
 from reasoner.stages.context import StageContext, stable_seed
 from reasoner.stages.loop import train_loop
-from reasoner.train import init_train_state, make_optimizer, make_train_step
+from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
+from reasoner.train import make_optimizer, make_train_step
 from reasoner.train.packing import pack_sequences
 
 
@@ -28,16 +29,17 @@ def epoch_batches(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndar
 
 def run_supervised(ctx: StageContext, stage: str, params, examples: Sequence[tuple[list[int], list[int]]],
                    scfg, rng: jax.Array):
-  """Trains `params` with the response-only cross-entropy on packed `examples`; returns params."""
+  """Trains `params` (or LoRA adapters on them: `reasoner.stages.trainable`) with the
+  response-only cross-entropy on packed `examples`; returns the trained (merged) params."""
   if not examples:
     raise ValueError(f"[{stage}] no training examples")
   packed = pack_sequences(list(examples), scfg.seq_len, ctx.tokenizer.pad_id)
   n_rows = packed["tokens"].shape[0]
   print(f"[{stage}] {len(examples)} examples packed into {n_rows} rows of {scfg.seq_len} tokens", flush=True)
   optimizer = make_optimizer(scfg.optim)
-  state = init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  state = init_stage_state(ctx, stage, params, optimizer)
   loss_fn = functools.partial(sft_loss, model_cfg=ctx.model_cfg)
-  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings,
+  step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=train_shardings(ctx),
                          tokens_per_device=int(scfg.tokens_per_device))
   seed = stable_seed(ctx.config.seed, stage, "batches")
 
@@ -48,4 +50,4 @@ def run_supervised(ctx: StageContext, stage: str, params, examples: Sequence[tup
   state = train_loop(stage, state, step_fn, scfg.steps, stage_dir=ctx.stage_dir(stage),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
                      checkpoint_every=ctx.config.checkpoint_every)
-  return state.params
+  return stage_result(ctx, state)

@@ -129,12 +129,25 @@ def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_bat
   return step
 
 
+def _frozen_apart(fn):
+  """fn(state, batch, rng) as fn(state without frozen, frozen, batch, rng) -> (state without
+  frozen, metrics): the frozen weights are an input only, never donated nor returned, so other
+  holders of them (a GRPO reference, a rollout actor) keep valid arrays."""
+  def run(state, frozen, batch, rng):
+    new, metrics = fn(state.replace(frozen=frozen), batch, rng)
+    return new.replace(frozen=None), metrics
+  return run
+
+
 def jit_step(fn, state_shardings: TrainState, batch: Any, mesh: Mesh, donate: bool = True):
   """The jitted program `make_train_step` runs on `mesh` for batches shaped like `batch` (arrays
-  or ShapeDtypeStructs): fn = `_step_fn(loss_fn, optimizer)`, state kept at `state_shardings`."""
+  or ShapeDtypeStructs): fn = `train_step_fn(...)`, called as (state without frozen, frozen,
+  batch, rng) -> (state without frozen, metrics), state kept at `state_shardings`."""
   rep = NamedSharding(mesh, P())
-  return jax.jit(fn, in_shardings=(state_shardings, batch_shardings(batch, mesh), rep),
-                 out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
+  trained_sh, frozen_sh = state_shardings.replace(frozen=None), state_shardings.frozen
+  return jax.jit(_frozen_apart(fn),
+                 in_shardings=(trained_sh, frozen_sh, batch_shardings(batch, mesh), rep),
+                 out_shardings=(trained_sh, rep), donate_argnums=(0,) if donate else ())
 
 
 def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
@@ -165,9 +178,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   it with `init_train_state(..., mesh=mesh, param_shardings=...)`). For PPO the params are
   {'model', 'value_head'}: pass {'model': sharding.param_shardings(cfg, mesh), 'value_head':
   replicated shardings}. With frozen weights in the state (LoRA), `frozen_shardings` places
-  them (default: as they are). Batches may be host arrays or already sharded global arrays.
-  Micro-batches: `micro_batches` if > 0, else as many as keep each device within
-  `tokens_per_device` tokens at a time (`micro_batches_for`; 0 = no budget), per batch shape.
+  them (default: as they are); they are passed in apart from the rest of the state, never
+  donated, and the new state holds the very same arrays. Batches may be host arrays or already
+  sharded global arrays. Micro-batches: `micro_batches` if > 0, else as many as keep each
+  device within `tokens_per_device` tokens at a time (`micro_batches_for`; 0 = no budget), per
+  batch shape.
   """
   if micro_batches < 0 or tokens_per_device < 0:
     raise ValueError(f"micro_batches and tokens_per_device must be >= 0, got {micro_batches}, "
@@ -188,9 +203,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if mesh is None:
       if key not in compiled:
-        compiled[key] = jax.jit(_step_fn(loss_fn, optimizer, micro(batch)),
+        compiled[key] = jax.jit(_frozen_apart(_step_fn(loss_fn, optimizer, micro(batch))),
                                 donate_argnums=donate_argnums)
-      return compiled[key](state, batch, rng)
+      new, metrics = compiled[key](state.replace(frozen=None), state.frozen, batch, rng)
+      return new.replace(frozen=state.frozen), metrics
     if not state_sh:
       own = _own_shardings(state, mesh)
       sh = own if param_shardings is None else train_state_shardings(
@@ -199,8 +215,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     if key not in compiled:
       compiled[key] = jit_step(_step_fn(loss_fn, optimizer, micro(batch)), state_sh[0], batch,
                                mesh, donate=donate)
+    frozen = state.frozen
+    if frozen is not None and frozen_shardings is not None:
+      frozen = jax.device_put(frozen, frozen_shardings)
     with jax.set_mesh(mesh):
-      return compiled[key](state, shard_batch(batch, mesh), rng)
+      new, metrics = compiled[key](state.replace(frozen=None), frozen, shard_batch(batch, mesh), rng)
+    return new.replace(frozen=frozen), metrics
 
   return step
 
