@@ -203,11 +203,11 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   # LoRA wants learning rates ~10x those of full fine-tuning, hence lr_scale. The 0.5B preset
   # fine-tunes fully.
   elif preset == "qwen2_5_7b_gsm8k":
-    c = _real("qwen2_5_7b", dict(data=1, fsdp=4, tensor=1), "qwen", v4_8,
+    c = _real("qwen2_5_7b", dict(data=1, fsdp=1, tensor=4), "qwen", v4_8,
               tokens_per_device=8192, rollout_rows=256, lr_scale=10.0)
     _lora(c.model, rank=16, alpha=32, base_dtype="bfloat16")
   elif preset == "llama3_1_8b_gsm8k":
-    c = _real("llama3_1_8b", dict(data=1, fsdp=4, tensor=1), "llama3", v4_8,
+    c = _real("llama3_1_8b", dict(data=1, fsdp=1, tensor=4), "llama3", v4_8,
               tokens_per_device=8192, rollout_rows=256, lr_scale=10.0)
     _lora(c.model, rank=32, alpha=64, base_dtype="bfloat16")
   else:

@@ -11,8 +11,9 @@ then lowered and compiled for `config.mesh` over `config.hardware.devices` devic
 and the program's peak estimate is arguments + temporaries + outputs - aliased.
 
 A stage also keeps buffers alive beside a program that are not its arguments ("resident"):
-  every stage   the params it was started from (the caller holds them; `init_train_state`
-                copies them into the state), which are also GRPO's KL reference;
+  every stage   (full fine-tune) the params it was started from (the caller holds them;
+                `init_train_state` copies them into the state), which are also GRPO's KL
+                reference; under LoRA the state holds the frozen base itself, no copy;
   GRPO's log-prob pass and rollouts   the train state's optimiser state;
   distill       the teacher's params.
 A program fits when peak + resident (or peak alone, include_resident=False) is at most
@@ -44,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reasoner import sharding
 from reasoner.losses.sft import sft_loss
-from reasoner.model import decoder
+from reasoner.model import decoder, lora
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline.run import config_model
 from reasoner.sampling import sampler
@@ -201,18 +202,30 @@ def plan_mesh(config, devices: Optional[Sequence[jax.Device]] = None, n_devices:
   return sharding.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=devices[:n])
 
 
+def abstract_stage_state(optimizer, model_cfg: ModelConfig, mesh: Mesh):
+  """(TrainState, its shardings) of a stage as `stages.trainable.init_stage_state` builds it:
+  every weight trained, or (lora_rank > 0) adapters trained beside the frozen base."""
+  params = abstract_params(model_cfg, mesh)
+  if not model_cfg.lora_rank:
+    return abstract_train_state(optimizer, params, mesh)
+  adapters = _with_shardings(jax.eval_shape(lambda: lora.init_lora(model_cfg, jax.random.PRNGKey(0))),
+                             sharding.lora_shardings(model_cfg, mesh))
+  state, state_sh = abstract_train_state(optimizer, adapters, mesh)
+  return (state.replace(frozen=params),
+          state_sh.replace(frozen=jax.tree.map(lambda x: x.sharding, params)))
+
+
 def _train_step(name, rows, tokens, model_cfg, stage_cfg, loss_fn, batch, mesh, resident, log):
   """The stage's train step as `make_train_step` builds it: micro-batches from the stage's
   tokens_per_device, traced under the mesh (activation constraints, per-device chunking)."""
   optimizer = make_optimizer(stage_cfg.optim)
-  params = abstract_params(model_cfg, mesh)
-  state, state_sh = abstract_train_state(optimizer, params, mesh)
+  state, state_sh = abstract_stage_state(optimizer, model_cfg, mesh)
   batch = _place(batch, mesh)
   micro = micro_batches_for(*batch_tokens(batch), int(stage_cfg.tokens_per_device), mesh)
   step = jit_step(train_step_fn(loss_fn, optimizer, micro), state_sh, batch, mesh)
   label = name if micro == 1 else f"{name}/{micro}mb"
-  return _measure(label, rows, tokens, lambda: step.lower(state, batch, _rng(mesh)), resident,
-                  log)[0]
+  lowered = lambda: step.lower(state.replace(frozen=None), state.frozen, batch, _rng(mesh))
+  return _measure(label, rows, tokens, lowered, resident, log)[0]
 
 
 def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mesh] = None,
@@ -237,9 +250,11 @@ def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mes
   if rows <= 0 or width <= 0:
     raise ValueError(f"GRPO rows and tokens must be positive, got {rows} x {width}")
   params = abstract_params(model_cfg, mesh)
-  param_bytes = per_device_bytes(params)
-  opt_bytes = per_device_bytes(
-      abstract_train_state(make_optimizer(g.optim), params, mesh)[0].opt_state)
+  # Beside a train step, a full fine-tune keeps the params it started from; under LoRA the state
+  # holds the base itself (no copy). Beside the log-prob pass and the sampler: the optimiser state.
+  param_bytes = 0 if model_cfg.lora_rank else per_device_bytes(params)
+  opt_bytes = per_device_bytes(abstract_stage_state(make_optimizer(g.optim), model_cfg, mesh)[0]
+                               .opt_state)
   out = []
   with jax.set_mesh(mesh):
     for name in programs:
@@ -273,10 +288,12 @@ def _plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows
   if name == "distill":
     d = config.distill
     student = distill_stage.student_config(config, model_cfg) or model_cfg
-    student_bytes = per_device_bytes(abstract_params(student, mesh))
+    # The teacher's params, and (full fine-tune) the student's starting copy.
+    teacher_bytes = per_device_bytes(params)
+    student_bytes = 0 if student.lora_rank else per_device_bytes(abstract_params(student, mesh))
     return [_train_step("distill", d.batch_size, d.seq_len, student, d,
                         _sft(student), row_batch(d.batch_size, d.seq_len), mesh,
-                        param_bytes + student_bytes, log)]
+                        teacher_bytes + student_bytes, log)]
   if name == "dpo":
     d = config.dpo
     return [_train_step("dpo", 2 * d.batch_size, d.seq_len, model_cfg, d,
