@@ -17,12 +17,10 @@ from reasoner.model.config import PRESETS as MODEL_PRESETS
 PIPELINE_PRESETS = ("tiny", "qwen2_5_0_5b_gsm8k", "qwen2_5_7b_gsm8k", "llama3_1_8b_gsm8k")
 
 
-def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine", fused=False):
-  # fused=False: the tiny preset keeps optax's chain, whose rounding its published table was made
-  # with; the real presets use the one-pass clip + AdamW (no parameter-sized temporary).
+def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine"):
   return ConfigDict(dict(learning_rate=lr, warmup_steps=warmup, total_steps=steps, schedule=schedule,
                          weight_decay=wd, b1=0.9, b2=0.95, eps=1e-8, grad_clip=clip,
-                         grad_accum_steps=accum, fused=fused))
+                         grad_accum_steps=accum))
 
 
 def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
@@ -165,7 +163,7 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.stages = "sft,grpo,distill,dpo"
   seq = 1024
   c.sft.update(dict(steps=500, batch_size=64, seq_len=seq, n_examples=7473,
-                    optim=_optim(1e-5 * lr_scale, 500, warmup=25, wd=0.0, fused=True)))
+                    optim=_optim(1e-5 * lr_scale, 500, warmup=25, wd=0.0)))
   c.grpo.update(dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=768,
                      max_prompt_tokens=256, minibatches=4, temperature=1.0))
   c.grpo.loss.beta = 0.001
@@ -173,11 +171,11 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.grpo.replay_weight = 0.0
   c.dpo.nll_weight = 0.0
   c.grpo.loss.constant_norm = 768.0
-  c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant", fused=True)
+  c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant")
   c.distill.update(dict(n_problems=7473, samples_per_problem=4, steps=500, batch_size=64,
-                        seq_len=seq, optim=_optim(1e-5 * lr_scale, 500, warmup=25, fused=True)))
+                        seq_len=seq, optim=_optim(1e-5 * lr_scale, 500, warmup=25)))
   c.dpo.update(dict(n_problems=2000, steps=200, batch_size=32, seq_len=seq,
-                    optim=_optim(5e-7 * lr_scale, 200, warmup=10, schedule="constant", fused=True)))
+                    optim=_optim(5e-7 * lr_scale, 200, warmup=10, schedule="constant")))
   c.eval.update(dict(n_problems=1319, k=8, max_new_tokens=768, batch_size=128))
   c.checkpoint_every = 100
   c.hardware = hardware

@@ -8,7 +8,7 @@ of the latest update (`learning_rate_of`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,6 @@ class OptimConfig:
   eps: float = 1e-8
   grad_clip: float = 1.0  # max global norm; <= 0 disables clipping
   grad_accum_steps: int = 1
-  # One elementwise pass for clip + AdamW (`clipped_adamw`: no parameter-sized temporary for the
-  # clipped gradients); False = optax's chain, whose float rounding the tiny preset's published
-  # numbers were made with (the two differ in the last bit: XLA contracts fused ops differently).
-  fused: bool = True
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -86,69 +82,16 @@ def decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-class ClippedAdamWState(NamedTuple):
-  count: jax.Array  # int32 scalar: updates applied
-  mu: Any  # first moments, like the params
-  nu: Any  # second moments, like the params
-
-
-def clipped_adamw(learning_rate, b1: float, b2: float, eps: float, weight_decay,
-                  mask: Callable[[Any], Any], max_norm: float) -> optax.GradientTransformation:
-  """optax.chain(clip_by_global_norm(max_norm), adamw(...)) computed in one pass per parameter.
-
-  The same formulas as optax's (its moment and bias-correction helpers, its clip rule; tested
-  equal), but each leaf's clipped gradient, moments and update come out of one elementwise pass,
-  so the clipped gradients are never a parameter-sized tree of their own (the chain keeps one:
-  1.84 GiB of temporaries for Qwen2.5-0.5B). max_norm <= 0 disables clipping; `mask(params)`
-  says which leaves get weight decay.
-  """
-  def init(params):
-    zeros = lambda p: jnp.zeros(p.shape, p.dtype)
-    return ClippedAdamWState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
-                             nu=jax.tree.map(zeros, params))
-
-  def update(grads, state, params):
-    if params is None:
-      raise ValueError("clipped_adamw needs the params (for weight decay)")
-    count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
-    if max_norm > 0:
-      g_norm = optax.tree.norm(grads)
-      keep = jnp.squeeze(g_norm < max_norm)
-    step = -1 * learning_rate
-
-    def leaf(g, m, v, p, decays):
-      if max_norm > 0:
-        g = jax.lax.select(keep, g, (g / g_norm.astype(g.dtype)) * max_norm)
-      m = optax.tree.update_moment(g, m, b1, 1)
-      v = optax.tree.update_moment_per_elem_norm(g, v, b2, 2)
-      u = (optax.tree.bias_correction(m, b1, count)
-           / (jnp.sqrt(optax.tree.bias_correction(v, b2, count) + 0.0) + eps))
-      if decays:
-        u = u + weight_decay * p
-      return step * u, m, v
-
-    out = jax.tree.map(leaf, grads, state.mu, state.nu, params, mask(params))
-    part = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=lambda x: isinstance(x, tuple))
-    return part(0), ClippedAdamWState(count=count, mu=part(1), nu=part(2))
-
-  return optax.GradientTransformation(init, update)
-
-
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
-  """clip_by_global_norm -> adamw(schedule, decoupled weight decay on matrices), as one fused
-  transformation (`clipped_adamw`) or optax's chain (cfg.fused), wrapped in optax.MultiSteps when
-  grad_accum_steps > 1 (the mean of k micro-batch gradients is applied every k-th call)."""
+  """clip_by_global_norm -> adamw(schedule, decoupled weight decay on matrices), wrapped in
+  optax.MultiSteps when grad_accum_steps > 1 (the mean of k micro-batch gradients is applied
+  every k-th call)."""
   cfg = as_optim_config(cfg)
-  if cfg.fused:
-    opt = optax.inject_hyperparams(clipped_adamw, static_args=("mask", "max_norm"))(
-        learning_rate=make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, mask=decay_mask, max_norm=cfg.grad_clip)
-  else:
-    adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-        learning_rate=make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, mask=decay_mask)
-    opt = optax.chain(*([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []),
-                      adamw)
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+      learning_rate=make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+      weight_decay=cfg.weight_decay, mask=decay_mask)
+  parts = ([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []) + [adamw]
+  opt = optax.chain(*parts)
   if cfg.grad_accum_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
   return opt
