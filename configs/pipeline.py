@@ -195,7 +195,8 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   v4_8 = _hardware("tpu-v4-8", devices=4, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
     c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small,
-              tokens_per_device=8192, rollout_rows=256, lr_scale=2.0)
+              tokens_per_device=4096, rollout_rows=256, lr_scale=2.0)
+    c.model.logits_chunk_mib = 64  # 0.62 GB of float32 logits per 1k tokens of its 152k vocab
   # The 7B / 8B presets train LoRA adapters on every projection over a bfloat16 frozen base
   # (about 2 bytes a weight, against 16 for float32 weights + Adam moments), which fits a v4-8;
   # LoRA wants learning rates ~10x those of full fine-tuning, hence lr_scale. The 0.5B preset

@@ -114,7 +114,8 @@ def main(argv):
   print(f"[plan] planned in {time.perf_counter() - t0:.0f} s")
   print(plan_lib.verdict(plans, config, _RESIDENT.value), flush=True)
   budget = plan_lib.budget_bytes(config)
-  sys.exit(0 if all(plan_lib.fits(p, budget, _RESIDENT.value) for p in plans) else 1)
+  memory = plan_lib.memory_bytes(config)
+  sys.exit(0 if all(plan_lib.fits(p, budget, _RESIDENT.value, memory) for p in plans) else 1)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ A stage also keeps buffers alive beside a program that are not its arguments ("r
                 reference; under LoRA the state holds the frozen base itself, no copy;
   GRPO's log-prob pass and rollouts   the train state's optimiser state;
   distill       the teacher's params.
-A program fits when peak + resident (or peak alone, include_resident=False) is at most
-`config.hardware.budget_gib`.
+A program fits when its peak is at most `config.hardware.budget_gib` (the share of a device we
+plan a program for) and peak + resident at most the device's `memory_gib` (include_resident=False
+checks the peak alone).
 
 Programs (`PROGRAMS`):
   sft            SFT train step, sft.batch_size x sft.seq_len
@@ -91,8 +92,17 @@ def budget_bytes(config) -> int:
   return int(float(gib) * GIB)
 
 
-def fits(plan: ProgramPlan, budget: int, include_resident: bool = True) -> bool:
-  return (plan.total_bytes if include_resident else plan.peak_bytes) <= budget
+def memory_bytes(config) -> int:
+  """config.hardware.memory_gib (the device's memory) in bytes."""
+  return int(float(config.hardware.memory_gib) * GIB)
+
+
+def fits(plan: ProgramPlan, budget: int, include_resident: bool = True,
+         memory: Optional[int] = None) -> bool:
+  """The program's own peak within `budget`, and (include_resident) with what the stage keeps
+  beside it, within the device's `memory` (default: the budget too)."""
+  memory = budget if memory is None else memory
+  return plan.peak_bytes <= budget and (not include_resident or plan.total_bytes <= memory)
 
 
 # ---- abstract inputs ------------------------------------------------------------------------
@@ -334,7 +344,7 @@ def format_table(plans: Sequence[ProgramPlan], config, include_resident: bool = 
   lines = [head, "-" * len(head)]
   gib = lambda b: f"{b / GIB:8.2f}"
   for p in plans:
-    ok = fits(p, budget, include_resident)
+    ok = fits(p, budget, include_resident, memory_bytes(config))
     lines.append(f"{p.name:<15} {f'{p.rows} x {p.tokens}':>14} {gib(p.argument_bytes)} "
                  f"{gib(p.temp_bytes)} {gib(p.peak_bytes)} {p.resident_bytes / GIB:9.2f} "
                  f"{gib(p.total_bytes)} {gib(budget)}  {'yes' if ok else 'NO'}")
@@ -345,7 +355,7 @@ def verdict(plans: Sequence[ProgramPlan], config, include_resident: bool = True)
   """One line: does everything fit, and if not which programs do not."""
   hw = config.hardware
   budget = budget_bytes(config)
-  bad = [p.name for p in plans if not fits(p, budget, include_resident)]
+  bad = [p.name for p in plans if not fits(p, budget, include_resident, memory_bytes(config))]
   where = f"{hw.name} ({hw.devices} x {float(hw.memory_gib):g} GiB, budget {budget / GIB:g} GiB per device)"
   if not bad:
     return f"verdict: every planned program fits {where}"
