@@ -3,15 +3,17 @@ step's rollout / learn split.
 
   python -m benchmarks.train_step [--quick] [--parts=sft,grpo] [--preset=qwen2_5_0_5b]
       [--layers=2] [--rows=2] [--seq=256] [--dtypes=float32,bfloat16] [--remat=off]
-      [--steps=2] [--no_torch] [--torch_threads=1,2] [--decode=auto]
-      [--grpo_steps=5] [--grpo_warmup=1] [--grpo_layers=4] [--grpo_new_tokens=128]
+      [--steps=2] [--no_torch] [--torch_threads=1,2] [--torch_device=cpu] [--decode=auto]
+      [--grpo_steps=5] [--grpo_warmup=1] [--grpo_layers=4] [--grpo_new_tokens=128] [--verbose]
+  # the full 24-layer shape on a GPU, torch on the GPU too:
+  python -m benchmarks.train_step --layers=0 --rows=8 --seq=2048 --torch_device=cuda
 
 SFT part: one jitted train step (forward + backward + clip + AdamW) of `sft_loss` through
 `make_train_step`, random weights (float32 master weights; bfloat16 is
 `mixed_precision(cfg)`), `rows` x `seq` random tokens, loss on every token that has a
 predecessor. Peer: the same shape in transformers (`Qwen2ForCausalLM` / `LlamaForCausalLM` by
 the preset's arch, random init), labels = input ids, clip 1.0 + `torch.optim.AdamW`, bfloat16
-by CPU autocast on float32 weights, gradient checkpointing where remat is on; best of the torch
+by autocast on float32 weights, gradient checkpointing where remat is on; best of the torch
 thread counts. Each side: one warm-up (compile) step, then the best of `steps` timed steps.
 
   ours tok/s / hf tok/s  rows x seq / (seconds per step); ratio = ours / hf (> 1: we are faster)
@@ -27,7 +29,8 @@ as `run_grpo` wires them) on a Qwen2-style model of ~4.2M params (`grpo_model_co
 prompts x 4 samples x 128 new tokens, beta 0.04 (so a reference log-prob pass), one update,
 no dynamic sampling / replay / entropy term. Median seconds per step after the warm-up steps:
 rollout (`time/rollout_s`), learn (`time/learn_s`), and within learn the reference log-prob
-pass (timed around the library's own eval fn) and the rest (the update).
+pass (timed around the library's own eval fn) and the rest (the update), with their model
+FLOP rates over the padded rows (`train_flops`; a third of it for the forward-only pass).
 """
 
 from __future__ import annotations
@@ -120,31 +123,32 @@ def bench_ours_train(cfg: ModelConfig, rows: int, seq: int, steps: int) -> dict:
 
 
 def bench_torch_train(cfg: ModelConfig, rows: int, seq: int, steps: int, threads: list[int],
-                      dtype: str, remat: bool) -> dict:
+                      dtype: str, remat: bool, device: str = "cpu") -> dict:
   """transformers' model of the same shape: {'step_s' (best over threads x steps), 'threads',
-  'loss'}; bfloat16 = CPU autocast over float32 weights."""
+  'loss'}; bfloat16 = autocast over float32 weights."""
   import torch
   import transformers
   from reasoner.checkpoint.hf_io import config_to_hf
   torch.manual_seed(0)
   hf = transformers.AutoConfig.for_model(**config_to_hf(cfg))
-  model = transformers.AutoModelForCausalLM.from_config(hf).train()
+  model = transformers.AutoModelForCausalLM.from_config(hf).to(device).train()
   if remat:  # renamed in transformers 5
     (getattr(model, "activation_checkpointing_enable", None)
      or model.gradient_checkpointing_enable)()
   model.config.use_cache = False
   opt = torch.optim.AdamW(model.parameters(), lr=OPTIM.learning_rate, betas=(OPTIM.b1, OPTIM.b2),
                           eps=OPTIM.eps, weight_decay=0.0)
-  ids = torch.from_numpy(sft_batch(cfg, rows, seq)["tokens"].astype(np.int64))
+  ids = torch.from_numpy(sft_batch(cfg, rows, seq)["tokens"].astype(np.int64)).to(device)
+  kind = torch.device(device).type
 
   def step():
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+    with torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
       loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss.detach().item()
+    return loss.detach().item()  # waits for the device
 
   first_loss = None
   best = {"step_s": float("inf")}
@@ -189,7 +193,7 @@ def run_sft(args, dev) -> list[str]:
       cfg = mixed_precision(cfg, dtype) if dtype != "float32" else cfg
       ours = bench_ours_train(cfg, args.rows, args.seq, args.steps)
       hf = (bench_torch_train(cfg, args.rows, args.seq, args.steps, args.threads, dtype,
-                              remat == "on") if args.use_torch else None)
+                              remat == "on", args.torch_device) if args.use_torch else None)
       achieved = flops / ours["step_s"]
       hf_s = f"{tokens / hf['step_s']:.0f} ({hf['threads']}t)" if hf else "-"
       ratio = f"{hf['step_s'] / ours['step_s']:.2f}x" if hf else "-"
@@ -274,12 +278,15 @@ def run_grpo_split(args) -> list[str]:
     key = jax.random.fold_in(rng, step)
     t0 = time.perf_counter()
     n_ref = len(ref_s)
-    state, m = learn(state, collect(state.params, step, key), step, key)
+    gb = collect(state.params, step, key)
+    state, m = learn(state, gb, step, key)
     wall = time.perf_counter() - t0
     assert len(ref_s) == n_ref + 1, "expected one log-prob pass (the reference) per learn"
+    update_flops = train_flops(model_cfg, *gb.rows["tokens"].shape)  # the padded rows
     rows.append({"rollout": m["time/rollout_s"], "learn": m["time/learn_s"], "ref": ref_s[-1],
                  "update": m["time/learn_s"] - ref_s[-1], "step": wall,
-                 "length": m["response_length"]})
+                 "length": m["response_length"], "width": gb.rows["tokens"].shape[1],
+                 "ref_flops": update_flops / 3, "update_flops": update_flops})
   if args.verbose:
     for i, r in enumerate(rows):
       print(f"  step {i}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
@@ -289,13 +296,15 @@ def run_grpo_split(args) -> list[str]:
         f"{model_cfg.vocab_size}, d {model_cfg.d_model}, {model_cfg.n_layers} layers, "
         f"{model_cfg.n_heads}/{model_cfg.n_kv_heads} heads of {model_cfg.head_dim}, d_ff "
         f"{model_cfg.d_ff}), 4 prompts x 4 samples x {args.grpo_new_tokens} new tokens (mean "
-        f"{med['length']:.0f} sampled), beta 0.04, 1 update; median of {args.grpo_steps} steps "
-        f"after {args.grpo_warmup} warm-up")
-  print(f"{'part':<5}{'phase':<16}{'s/step':>8}{'share':>7}")
+        f"{med['length']:.0f} sampled; rows {med['width']:.0f} wide), beta 0.04, 1 update; "
+        f"median of {args.grpo_steps} steps after {args.grpo_warmup} warm-up; GFLOP/s = model "
+        f"FLOPs of the padded rows (forward; forward + backward) / time")
+  print(f"{'part':<5}{'phase':<16}{'s/step':>8}{'share':>7}{'GFLOP/s':>9}")
   lines = []
   for name, key in (("rollout", "rollout"), ("learn", "learn"), ("  ref logprobs", "ref"),
                     ("  update", "update"), ("step", "step")):
-    line = f"{'grpo':<5}{name:<16}{med[key]:>8.3f}{med[key] / med['step']:>7.0%}"
+    rate = (f"{med[key + '_flops'] / med[key] / 1e9:.1f}" if key + "_flops" in med else "-")
+    line = f"{'grpo':<5}{name:<16}{med[key]:>8.3f}{med[key] / med['step']:>7.0%}{rate:>9}"
     print(line)
     lines.append(line)
   line = f"quoted (issue, not measured here): {QUOTED_GRPO}"
@@ -316,6 +325,7 @@ def main(argv=None):
   ap.add_argument("--remat", default="off", help="comma list of off, on")
   ap.add_argument("--steps", type=int, default=2, help="timed train steps per side (best kept)")
   ap.add_argument("--no_torch", action="store_true", help="skip the transformers side")
+  ap.add_argument("--torch_device", default="cpu", help="cpu or cuda (transformers side)")
   ap.add_argument("--torch_threads", default="",
                   help="comma list of torch thread counts to try (best kept); default 1..cores")
   ap.add_argument("--decode", default="auto", choices=("auto", "on", "off"),

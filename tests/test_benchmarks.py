@@ -80,7 +80,7 @@ def test_train_step_benchmark_quick_run_prints_every_row():
   sft = [l.split() for l in lines if l.startswith("sft ")]
   assert [tuple(r[:3]) for r in sft] == [("sft", "float32", "off"), ("sft", "bfloat16", "off")]
   assert all(float(r[3]) > 0 and r[6] == "-" for r in sft), proc.stdout  # tok/s; no hf side
-  grpo = {l[5:21].strip(): float(l.split()[-2]) for l in lines if l.startswith("grpo ")}
+  grpo = {l[5:21].strip(): float(l[21:].split()[0]) for l in lines if l.startswith("grpo ")}
   assert list(grpo) == ["rollout", "learn", "ref logprobs", "update", "step"], proc.stdout
   # Medians of the 2 timed steps are means, so the parts add up.
   assert grpo["ref logprobs"] + grpo["update"] == pytest.approx(grpo["learn"], abs=2e-3)
