@@ -28,7 +28,6 @@ all be dropped otherwise); the work per step is the same in both modes.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import tempfile
 import time
@@ -36,6 +35,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.common import load_note, task_tokenizer
 from configs.pipeline import tiny
 from reasoner import sharding
 from reasoner.pipeline.metrics_log import MetricsWriter
@@ -63,17 +63,10 @@ def _setup(args):
     from reasoner.checkpoint import load_model
     params, model_cfg, tokenizer, _ = load_model(args.model_dir)
     return params, model_cfg, tokenizer
-  from reasoner.data.tasks import mixture
   from reasoner.model import init_params
   from reasoner.pipeline.run import build_model_config
-  from reasoner.stages.pretrain import corpus_document
-  from reasoner.tokenizer import format_prompt, train_sentencepiece
   cfg = tiny()
-  probs = mixture(cfg.data.tasks.split(","), "train", 2000, 0, cfg.data.difficulty)
-  texts = [corpus_document(p) for p in probs] + [format_prompt(p.prompt, "plain") + p.solution
-                                                 for p in probs]
-  tokenizer = train_sentencepiece(texts, tempfile.mkdtemp(prefix="bench_tok_"),
-                                  vocab_size=cfg.tokenizer.vocab_size)
+  tokenizer = task_tokenizer(cfg)
   model_cfg = build_model_config(cfg, tokenizer)
   return init_params(model_cfg, jax.random.PRNGKey(0)), model_cfg, tokenizer
 
@@ -144,10 +137,7 @@ def main(argv=None):
                      "set XLA_FLAGS=--xla_force_host_platform_device_count=N")
   params, model_cfg, tokenizer = _setup(args)
   dev = jax.devices()[0]
-  try:
-    load = "load average %.1f" % os.getloadavg()[0]
-  except OSError:
-    load = "load average unknown"
+  load = load_note()
   print(f"jax {jax.__version__} on {dev.platform} ({len(jax.devices())} device(s)), "
         f"{sharding.cpu_cores()} CPU cores, {load}; {args.steps} steps, "
         f"first {args.warmup} left out")

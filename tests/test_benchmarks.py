@@ -43,3 +43,45 @@ def test_sampler_benchmark_quick_run_splits_rows_over_cpu_devices():
   rows = {tuple(l.split()[:3]) for l in lines[2:]}
   # Batch 1 cannot be split and runs on one device; batch 8 is split over both.
   assert rows == {("tiny", "1", "1"), ("tiny", "8", "2")}, proc.stdout
+
+
+@pytest.mark.parametrize("preset,layers", [("tiny", 0), ("qwen2_5_0_5b", 2), ("qwen2_5_7b", 1)])
+def test_train_flops_matches_a_count_from_the_parameter_shapes(preset, layers):
+  from benchmarks.train_step import train_flops
+  cfg = get_config(preset)
+  if layers:
+    cfg = cfg.replace(n_layers=layers)
+  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  matrices = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+  in_matmuls = sum(shapes["layers"][k].size for k in matrices)  # size covers all layers
+  in_matmuls += shapes["embed"].size if cfg.tie_embeddings else shapes["lm_head"].size
+  rows, seq = 3, 7
+  flops = 0
+  for i in range(seq):  # token i: forward 2 + backward 4 per weight, attends to keys 0..i
+    flops += 6 * in_matmuls + 3 * 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * (i + 1)
+  assert train_flops(cfg, rows, seq) == pytest.approx(rows * flops)
+
+
+def test_grpo_benchmark_shape_has_about_4_2m_params():
+  from benchmarks.train_step import grpo_model_config
+  cfg = grpo_model_config()
+  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  n = sum(x.size for x in jax.tree.leaves(shapes))
+  assert n == cfg.n_params and abs(n - 4.2e6) < 0.05e6
+  assert cfg.arch == "qwen2" and cfg.qkv_bias and cfg.tie_embeddings
+
+
+def test_train_step_benchmark_quick_run_prints_every_row():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--quick", "--no_torch"],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  sft = [l.split() for l in lines if l.startswith("sft ")]
+  assert [tuple(r[:3]) for r in sft] == [("sft", "float32", "off"), ("sft", "bfloat16", "off")]
+  assert all(float(r[3]) > 0 and r[6] == "-" for r in sft), proc.stdout  # tok/s; no hf side
+  grpo = {l[5:21].strip(): float(l[21:].split()[0]) for l in lines if l.startswith("grpo ")}
+  assert list(grpo) == ["rollout", "learn", "ref logprobs", "update", "step"], proc.stdout
+  # Medians of the 2 timed steps are means, so the parts add up.
+  assert grpo["ref logprobs"] + grpo["update"] == pytest.approx(grpo["learn"], abs=2e-3)
+  assert any(l.startswith("quoted (issue, not measured here)") for l in lines)
