@@ -7,30 +7,10 @@ import os
 
 import numpy as np
 
-HF_SIZES = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+from reasoner.checkpoint.tiny_hf import HF_SIZES, make_hf_model  # noqa: F401 (re-exported)
+
 LLAMA3_SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                       original_max_position_embeddings=8)
-
-
-def make_hf_model(arch: str, seed: int = 0, **overrides):
-  """A random-weight LlamaForCausalLM / Qwen2ForCausalLM (float32, eager attention) whose norm
-  weights and q/k/v biases are perturbed away from their 1 / 0 init so that they matter."""
-  import torch
-  from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-  torch.manual_seed(seed)
-  kw = {**HF_SIZES, **overrides}
-  if arch == "llama":
-    cfg, cls = LlamaConfig(**kw), LlamaForCausalLM
-  else:
-    cfg, cls = Qwen2Config(**kw), Qwen2ForCausalLM
-  cfg._attn_implementation = "eager"
-  model = cls(cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if ("norm" in name or "bias" in name) and "o_proj" not in name:
-        p.add_(0.2 * torch.randn_like(p))
-  return model
 
 
 def torch_logits(model, tokens: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@ what they say they show. Each ends with a JSON line of its results, which the te
 
 The three notebooks share one work directory, in file order: the GRPO walkthrough and the
 test-time-compute notebook reuse the models the quickstart trained (and its compiled programs);
-run alone, each trains a small model of its own first.
+run alone, each trains a small model of its own first. The Qwen GRPO notebook writes a tiny
+random Qwen2 folder and GSM8K-format problems of its own.
 """
 
 import json
@@ -169,3 +170,42 @@ def test_library_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "s.png").stat().st_size > 0
   finally:
     matplotlib.use(before)
+
+
+QWEN_GRPO = "qwen_grpo_gsm8k.ipynb"
+
+
+def test_qwen_grpo_gsm8k_plans_then_trains_a_tiny_qwen2_folder(workdir):
+  """Smoke mode: a tiny random Qwen2 HF folder and GSM8K-format problems written by the notebook,
+  budgets halved by the planner until everything fits, then GRPO through run_pipeline."""
+  nb = nbformat.read(os.path.join(NOTEBOOKS, QWEN_GRPO), as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs"
+  assert "parameters" in code[0].metadata.get("tags", [])
+  assert 'os.environ.get("REASONER_NOTEBOOK_SMOKE") == "1"' in code[0].source
+  env = {k: os.environ.pop(k) for k in ("REASONER_QWEN_DIR", "REASONER_GSM8K_DIR") if k in os.environ}
+  try:  # the notebook writes its own model and problems
+    nb = _execute(QWEN_GRPO, workdir)
+  finally:
+    os.environ.update(env)
+  s = _summary(nb)
+  assert s["smoke"] is True and s["data"] == "jsonl"
+  assert s["hf_dir"].startswith(str(workdir)) and s["run_dir"].startswith(str(workdir))
+  # Sized by the planner: the last round fits, every earlier one did not and was halved.
+  rounds = s["plan_rounds"]
+  assert s["planned_fits"] is True and rounds[-1]["does_not_fit"] == []
+  assert len(rounds) >= 2 and all(r["does_not_fit"] for r in rounds[:-1])
+  assert (s["tokens_per_device"], s["rollout_rows"]) == (rounds[-1]["tokens_per_device"],
+                                                         rounds[-1]["rollout_rows"])
+  assert s["tokens_per_device"] < s["start_budgets"]["tokens_per_device"]
+  assert s["hardware"]["devices"] == 1 and s["hardware"]["name"].startswith("cpu")
+  assert s["stages"] == ["grpo"]
+  assert s["grpo_steps"] == 3 and s["curve_steps"] == [1, 2, 3]
+  assert len(s["reward_curve"]) == 3 and all(math.isfinite(r) for r in s["reward_curve"])
+  assert s["reward_first"] == s["reward_curve"][0] and s["reward_last"] == s["reward_curve"][-1]
+  assert max(s["groups_kept"]) > 0  # some updates ran (with the planner's micro-batches)
+  for when in ("before", "after"):
+    m = s["eval"][when]
+    assert all(0.0 <= m[k] <= 1.0 for k in ("pass@1", "greedy_acc", "format_rate")), m
+    assert 0 < m["mean_length"] <= 32
+  assert _images(nb) >= 1  # the reward curve
