@@ -253,8 +253,8 @@ def run_grpo_split(args) -> list[str]:
 
   ref_s = []
 
-  def timed_eval_fn(fn, mesh=None):  # the learn half's log-prob pass, timed where it runs
-    inner = make_eval_fn(fn, mesh)
+  def timed_eval_fn(fn, mesh=None, **kw):  # the learn half's log-prob pass, timed where it runs
+    inner = make_eval_fn(fn, mesh, **kw)
 
     def run(p, batch):
       t0 = time.perf_counter()
