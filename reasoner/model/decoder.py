@@ -180,19 +180,22 @@ def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
   return logits.astype(jnp.float32)
 
 
+def _embed(params: Params, tokens: jax.Array, cfg: ModelConfig, segment_ids: Optional[jax.Array]):
+  """(token embeddings [b, t, D] in cfg.dtype, int32 segment ids (default all ones), rotary
+  inverse frequencies)."""
+  if segment_ids is None:
+    segment_ids = jnp.ones(tokens.shape, jnp.int32)
+  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  return params["embed"].astype(_dtype(cfg.dtype))[tokens], segment_ids.astype(jnp.int32), inv_freq
+
+
 def hidden_states(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
                   segment_ids: Optional[jax.Array] = None) -> jax.Array:
   """The training / scoring forward without the output projection: final-normed hidden
   states [b, t, D] in cfg.dtype. Arguments as `forward` (no cache). Attention is
   `reasoner.model.attention.attention` with `cfg.attention` (blockwise for long rows), so
   neither [t, t] scores nor [b, t, V] logits are materialised here."""
-  b, t = tokens.shape
-  dt = _dtype(cfg.dtype)
-  if segment_ids is None:
-    segment_ids = jnp.ones((b, t), jnp.int32)
-  segment_ids = segment_ids.astype(jnp.int32)
-  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-  h = params["embed"].astype(dt)[tokens]
+  h, segment_ids, inv_freq = _embed(params, tokens, cfg, segment_ids)
   kv_fn = lambda k, v: (k, v, None, None)
   attend = lambda q, k, v, _: attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention)
 
@@ -232,13 +235,9 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
     logits = unembed(params, h, cfg)
     return (logits, None, h) if return_hidden else (logits, None)
 
-  b, t = tokens.shape
+  t = tokens.shape[1]
   dt = _dtype(cfg.dtype)
-  if segment_ids is None:
-    segment_ids = jnp.ones((b, t), jnp.int32)
-  segment_ids = segment_ids.astype(jnp.int32)
-  inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-  h = params["embed"].astype(dt)[tokens]
+  h, segment_ids, inv_freq = _embed(params, tokens, cfg, segment_ids)
   index = cache["index"]
   s = cache["k"].shape[2]
   k_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, index))
