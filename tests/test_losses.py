@@ -422,6 +422,33 @@ def test_dpo_nll_weight_adds_the_chosen_per_token_nll(model, length_normalize):
     DPOConfig(nll_weight=-1.0)
 
 
+def test_dpo_replay_rows_in_the_same_forward_equal_a_separate_sft_loss(model):
+  """dpo_loss with replay rows = DPO + w x sft_loss on them, in value and gradient (one forward
+  over pairs and replay rows instead of two)."""
+  params, batch = model
+  pairs = {"chosen": {k: v[:2] for k, v in batch.items()},
+           "rejected": {k: v[2:] for k, v in batch.items()}}
+  pairs["ref_chosen_logps"], pairs["ref_rejected_logps"] = np.full(2, -30.0), np.full(2, -31.0)
+  replay = {k: v[1:4] for k, v in batch.items()}
+  c = DPOConfig(beta=0.1, nll_weight=0.3)
+
+  def separate(p):
+    loss, _ = losses.dpo_loss(p, pairs, None, model_cfg=CFG, config=c)
+    return loss + 0.5 * losses.sft_loss(p, replay, None, model_cfg=CFG)[0]
+
+  joint = lambda p: losses.dpo_loss(p, pairs, None, model_cfg=CFG, config=c, replay=replay,
+                                    replay_weight=0.5)
+  (got, m), g_joint = jax.value_and_grad(joint, has_aux=True)(params)
+  want, g_sep = jax.value_and_grad(separate)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  sft_ref = losses.sft_loss(params, replay, None, model_cfg=CFG)[0]
+  np.testing.assert_allclose(m["replay_loss"], sft_ref, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_joint, g_sep)
+  narrow = {k: v[:, :-1] for k, v in replay.items()}
+  with pytest.raises(ValueError, match="as wide as the pairs"):
+    losses.dpo_loss(params, pairs, None, model_cfg=CFG, config=c, replay=narrow, replay_weight=0.5)
+
+
 def test_distill_and_ppo_losses_on_model(model):
   params, batch = model
   teacher = np.asarray(losses.sequence_logprobs(init_params(CFG, jax.random.PRNGKey(2)), CFG,

@@ -16,13 +16,14 @@ loss_mask [b, t], one response per row, same t), plus `ref_chosen_logps` / `ref_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 from reasoner.losses.common import config_from
 from reasoner.losses.logprobs import sequence_logprobs
+from reasoner.losses.sft import sft_objective
 from reasoner.model import ModelConfig
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -90,23 +91,43 @@ def _stack(chosen: Mapping[str, Any], rejected: Mapping[str, Any]) -> dict:
 
 
 def response_logps(params, cfg: ModelConfig, batch: Mapping[str, Any],
-                   length_normalize: bool = False):
-  """Log-probs of chosen and rejected responses in one [2b, t] forward: ([b], [b])."""
+                   length_normalize: bool = False, extra: Optional[Mapping[str, Any]] = None):
+  """Log-probs of chosen and rejected responses in one [2b, t] forward: ([b], [b]). With `extra`
+  rows (a sequence batch of the same width, e.g. replayed SFT data) they ride the same forward
+  and their per-token log-probs [n, t] come back third: one backward pass then gives one
+  parameter gradient, not one per loss term."""
   both = _stack(batch["chosen"], batch["rejected"])
-  logp, _ = sequence_logprobs(params, cfg, both, entropy=False)
+  rows = both
+  if extra is not None:
+    if extra["tokens"].shape[1] != both["tokens"].shape[1]:
+      raise ValueError(f"extra rows {extra['tokens'].shape} must be as wide as the pairs "
+                       f"{both['tokens'].shape}")
+    rows = {k: jnp.concatenate([both[k], jnp.asarray(extra[k]).astype(both[k].dtype)])
+            for k in both}
+  logp, _ = sequence_logprobs(params, cfg, rows, entropy=False)
+  n = both["tokens"].shape[0]
   mask = both["loss_mask"].astype(jnp.float32)
-  seq = jnp.sum(logp * mask, axis=1)
+  seq = jnp.sum(logp[:n] * mask, axis=1)
   if length_normalize:
     seq = seq / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
   b = batch["chosen"]["tokens"].shape[0]
-  return seq[:b], seq[b:]
+  return (seq[:b], seq[b:]) if extra is None else (seq[:b], seq[b:], logp[n:])
 
 
 def dpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: ModelConfig,
-             config: DPOConfig, ref_params=None):
-  """DPO on a batch of preference pairs (see the module docstring). Returns (loss, metrics)."""
+             config: DPOConfig, ref_params=None, replay: Optional[Mapping[str, Any]] = None,
+             replay_weight: float = 0.0):
+  """DPO on a batch of preference pairs (see the module docstring). Returns (loss, metrics).
+  With `replay` rows (tokens / positions / segment_ids / loss_mask, as wide as the pairs) and
+  replay_weight > 0, adds replay_weight x their SFT loss (metric replay_loss), computed in the
+  same forward pass as the pairs."""
   del rng
-  chosen, rejected = response_logps(params, model_cfg, batch, config.length_normalize)
+  if replay is not None and replay_weight > 0:
+    chosen, rejected, replay_logp = response_logps(params, model_cfg, batch,
+                                                   config.length_normalize, extra=replay)
+  else:
+    replay = None
+    chosen, rejected = response_logps(params, model_cfg, batch, config.length_normalize)
   if ref_params is not None:
     ref_c, ref_r = response_logps(ref_params, model_cfg, batch, config.length_normalize)
     ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
@@ -121,4 +142,8 @@ def dpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: Mod
     nll = -jnp.mean(chosen if config.length_normalize else chosen / n)
     loss = loss + config.nll_weight * nll
     metrics = {**metrics, "chosen_nll": nll, "loss": loss}
+  if replay is not None:
+    replay_loss = sft_objective(replay_logp, jnp.asarray(replay["loss_mask"]).astype(jnp.float32))
+    loss = loss + replay_weight * replay_loss
+    metrics = {**metrics, "replay_loss": jax.lax.stop_gradient(replay_loss), "loss": loss}
   return loss, metrics

@@ -22,7 +22,6 @@ import numpy as np
 
 from reasoner.data.datasets import load_jsonl_preferences
 from reasoner.losses.dpo import DPOConfig, dpo_loss, response_logps
-from reasoner.losses.sft import sft_loss
 from reasoner.pipeline.evaluate import check_completion
 from reasoner.rewards.format import format_reward
 from reasoner.sampling import SamplingConfig
@@ -110,12 +109,8 @@ def dpo_train_loss(cfg, model_cfg):
                       nll_weight=cfg.nll_weight)
 
   def loss_fn(p, batch, rng):
-    loss, metrics = dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=dpo_cfg)
-    if cfg.replay_weight > 0:
-      replay_loss, _ = sft_loss(p, batch["replay"], rng, model_cfg=model_cfg)
-      loss = loss + cfg.replay_weight * replay_loss
-      metrics = {**metrics, "replay_loss": replay_loss, "loss": loss}
-    return loss, metrics
+    return dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=dpo_cfg,
+                    replay=batch["replay"], replay_weight=float(cfg.replay_weight))
 
   return loss_fn
 
