@@ -31,8 +31,8 @@ def _table(stdout: str) -> dict:
   """program -> (peak GiB, fits) from the launcher's table."""
   rows = {}
   for line in stdout.splitlines():
-    m = re.match(r"^(\S+)\s+\d+ x \d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
-                 r"([\d.]+)\s+(yes|NO)$", line)
+    m = re.match(r"^(\S+)\s+\d+ x \d+\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                 r"([\d.]+)\s+([\d.]+)\s+(yes|NO)$", line)
     if m:
       rows[m.group(1)] = (float(m.group(4)), m.group(8) == "yes")
   return rows
@@ -74,6 +74,7 @@ def test_grpo_update_arguments_grow_with_the_batch():
 
 def test_too_few_devices_is_a_clear_error():
   config = get_config("qwen2_5_7b_gsm8k")
+  config.hardware.devices = 16
   with pytest.raises(ValueError, match=r"needs 16 JAX devices, this process has 8"):
     plan_lib.plan_mesh(config)
   with pytest.raises(ValueError, match="unknown program"):

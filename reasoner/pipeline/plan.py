@@ -75,6 +75,7 @@ class ProgramPlan:
   temp_bytes: int
   resident_bytes: int = 0  # live beside the program, not its arguments (module docstring)
   compile_s: float = 0.0
+  micro_batches: int = 1  # a train step's micro-batches (the stage's tokens_per_device)
 
   @property
   def peak_bytes(self) -> int:
@@ -188,12 +189,13 @@ def memory_of(compiled) -> dict:
 
 
 def _measure(name: str, rows: int, tokens: int, lowered_fn: Callable, resident: int,
-             log: Callable[[str], None]) -> tuple[ProgramPlan, Any]:
+             log: Callable[[str], None], micro_batches: int = 1) -> tuple[ProgramPlan, Any]:
   log(f"[plan] compiling {name} ({rows} x {tokens}) ...")
   t0 = time.perf_counter()
   compiled = lowered_fn().compile()
   plan = ProgramPlan(name=name, rows=rows, tokens=tokens, resident_bytes=resident,
-                     compile_s=time.perf_counter() - t0, **memory_of(compiled))
+                     compile_s=time.perf_counter() - t0, micro_batches=micro_batches,
+                     **memory_of(compiled))
   log(f"[plan]   {name}: peak {plan.peak_bytes / GIB:.2f} GiB per device "
       f"({plan.compile_s:.1f} s)")
   return plan, compiled
@@ -233,9 +235,8 @@ def _train_step(name, rows, tokens, model_cfg, stage_cfg, loss_fn, batch, mesh, 
   batch = _place(batch, mesh)
   micro = micro_batches_for(*batch_tokens(batch), int(stage_cfg.tokens_per_device), mesh)
   step = jit_step(train_step_fn(loss_fn, optimizer, micro), state_sh, batch, mesh)
-  label = name if micro == 1 else f"{name}/{micro}mb"
   lowered = lambda: step.lower(state.replace(frozen=None), state.frozen, batch, _rng(mesh))
-  return _measure(label, rows, tokens, lowered, resident, log)[0]
+  return _measure(name, rows, tokens, lowered, resident, log, micro)[0]
 
 
 def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mesh] = None,
@@ -339,13 +340,14 @@ def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[Program
 def format_table(plans: Sequence[ProgramPlan], config, include_resident: bool = True) -> str:
   """One row per program: shape, per-device GiB, the budget and whether it fits."""
   budget = budget_bytes(config)
-  head = (f"{'program':<15} {'rows x tokens':>14} {'args':>8} {'temps':>8} {'peak':>8} "
-          f"{'resident':>9} {'total':>8} {'budget':>8}  fits")
+  head = (f"{'program':<15} {'rows x tokens':>14} {'micro':>5} {'args':>8} {'temps':>8} "
+          f"{'peak':>8} {'resident':>9} {'total':>8} {'budget':>8}  fits")
   lines = [head, "-" * len(head)]
   gib = lambda b: f"{b / GIB:8.2f}"
   for p in plans:
     ok = fits(p, budget, include_resident, memory_bytes(config))
-    lines.append(f"{p.name:<15} {f'{p.rows} x {p.tokens}':>14} {gib(p.argument_bytes)} "
+    lines.append(f"{p.name:<15} {f'{p.rows} x {p.tokens}':>14} {p.micro_batches:5d} "
+                 f"{gib(p.argument_bytes)} "
                  f"{gib(p.temp_bytes)} {gib(p.peak_bytes)} {p.resident_bytes / GIB:9.2f} "
                  f"{gib(p.total_bytes)} {gib(budget)}  {'yes' if ok else 'NO'}")
   return "\n".join(lines)
