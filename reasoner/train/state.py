@@ -64,11 +64,6 @@ def train_state_shardings(optimizer: optax.GradientTransformation, params: Any,
   return TrainState(step=rep, params=param_shardings, opt_state=opt_sh)
 
 
-def with_frozen_shardings(shardings: TrainState, frozen_shardings: Any) -> TrainState:
-  """`shardings` (from train_state_shardings) with the frozen weights' shardings added."""
-  return shardings.replace(frozen=frozen_shardings)
-
-
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, *,
                      mesh: Optional[Mesh] = None, param_shardings: Any = None,
                      frozen: Any = None, frozen_shardings: Any = None) -> TrainState:
