@@ -252,7 +252,7 @@ def test_micro_batches_must_divide_the_rows():
 def test_micro_batching_cuts_compiled_activation_memory():
   import optax
   from reasoner.train.state import TrainState
-  from reasoner.train.step import _step_fn
+  from reasoner.train.step import train_step_fn
   cfg = CFG.replace(remat=False, max_seq_len=256)
   loss = functools.partial(sft_loss, model_cfg=cfg)
   opt = optax.sgd(0.1)
@@ -261,6 +261,6 @@ def test_micro_batching_cuts_compiled_activation_memory():
                                               opt_state=opt.init(p)), p)
   b = {k: jax.ShapeDtypeStruct((32, 256), jnp.float32 if k == "loss_mask" else jnp.int32)
        for k in ("tokens", "positions", "segment_ids", "loss_mask")}
-  temp = lambda m: (jax.jit(_step_fn(loss, opt, m)).lower(state, b, RNG).compile()
+  temp = lambda m: (jax.jit(train_step_fn(loss, opt, m)).lower(state, b, RNG).compile()
                     .memory_analysis().temp_size_in_bytes)
   assert temp(8) < temp(1) / 3

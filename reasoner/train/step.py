@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reasoner.sharding import batch_spec, shard_batch
+from reasoner.sharding import batch_spec, row_shards, shard_batch
 from reasoner.train.optim import learning_rate_of
 from reasoner.train.state import TrainState, model_params, train_state_shardings
 
@@ -67,12 +67,7 @@ def micro_batches_for(rows: int, seq_len: int, tokens_per_device: int,
   tokens gives one row at a time."""
   if tokens_per_device <= 0:
     return 1
-  shards = 1
-  if mesh is not None:
-    for ax in ("data", "fsdp"):
-      if rows % (shards * mesh.shape[ax]) == 0:
-        shards *= mesh.shape[ax]
-  local = rows // shards
+  local = rows // row_shards(rows, mesh)
   for m in range(1, local):
     if local % m == 0 and local // m * seq_len <= tokens_per_device:
       return m
@@ -117,7 +112,9 @@ def loss_and_grads(loss_fn: LossFn, state: TrainState, batch: Any, rng: jax.Arra
   return jax.tree.map(mean, aux), jax.tree.map(mean, grads)
 
 
-def _step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batches: int = 1):
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                  micro_batches: int = 1):
+  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits."""
   def step(state: TrainState, batch: Any, rng: jax.Array):
     (loss, metrics), grads = loss_and_grads(loss_fn, state, batch, rng, micro_batches)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
@@ -148,12 +145,6 @@ def jit_step(fn, state_shardings: TrainState, batch: Any, mesh: Mesh, donate: bo
   return jax.jit(_frozen_apart(fn),
                  in_shardings=(trained_sh, frozen_sh, batch_shardings(batch, mesh), rep),
                  out_shardings=(trained_sh, rep), donate_argnums=(0,) if donate else ())
-
-
-def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                  micro_batches: int = 1):
-  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits."""
-  return _step_fn(loss_fn, optimizer, micro_batches)
 
 
 def batch_tokens(batch: Any) -> tuple[int, int]:
@@ -203,7 +194,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     key = (treedef, tuple(np.shape(x) for x in leaves))
     if mesh is None:
       if key not in compiled:
-        compiled[key] = jax.jit(_frozen_apart(_step_fn(loss_fn, optimizer, micro(batch))),
+        compiled[key] = jax.jit(_frozen_apart(train_step_fn(loss_fn, optimizer, micro(batch))),
                                 donate_argnums=donate_argnums)
       new, metrics = compiled[key](state.replace(frozen=None), state.frozen, batch, rng)
       return new.replace(frozen=state.frozen), metrics
@@ -213,7 +204,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
           optimizer, state.params, param_shardings, mesh).replace(frozen=own.frozen)
       state_sh.append(sh if frozen_shardings is None else sh.replace(frozen=frozen_shardings))
     if key not in compiled:
-      compiled[key] = jit_step(_step_fn(loss_fn, optimizer, micro(batch)), state_sh[0], batch,
+      compiled[key] = jit_step(train_step_fn(loss_fn, optimizer, micro(batch)), state_sh[0], batch,
                                mesh, donate=donate)
     frozen = state.frozen
     if frozen is not None and frozen_shardings is not None:
