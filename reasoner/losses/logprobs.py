@@ -24,6 +24,7 @@ from reasoner.losses.common import shift_right
 from reasoner.model import ModelConfig, forward
 from reasoner.model.decoder import hidden_states, unembed
 from reasoner.sharding.activations import constrain, current_mesh
+from reasoner.sharding.rules import row_shards
 
 
 def continues_segment(segment_ids: Optional[jax.Array]) -> Optional[jax.Array]:
@@ -82,24 +83,11 @@ def token_entropy(logits: jax.Array, segment_ids: Optional[jax.Array] = None) ->
                 segment_ids)
 
 
-def rows_per_device(rows: int) -> int:
-  """Rows of a [rows, ...] batch one device holds under the enclosing mesh (rows split over
-  data x fsdp where that divides them, as `reasoner.sharding.batch_spec` places batches)."""
-  mesh = current_mesh()
-  if mesh is None:
-    return rows
-  shards = 1
-  for ax in ("data", "fsdp"):
-    n = mesh.shape.get(ax, 1)
-    if rows % (shards * n) == 0:
-      shards *= n
-  return rows // shards
-
-
 def logits_chunk(rows: int, seq: int, vocab: int, budget_mib: int) -> int:
-  """Positions per chunk so that one device's float32 [rows, chunk, vocab] logits stay within
-  `budget_mib` (at least 1); `seq` (no chunking) when the whole fits or the budget is 0."""
-  per_position = rows_per_device(rows) * vocab * 4
+  """Positions per chunk so that one device's float32 [rows, chunk, vocab] logits (its rows under
+  the enclosing mesh: `row_shards`) stay within `budget_mib` (at least 1); `seq` (no chunking)
+  when the whole fits or the budget is 0."""
+  per_position = rows // row_shards(rows, current_mesh()) * vocab * 4
   if budget_mib <= 0 or per_position * seq <= budget_mib * 2**20:
     return seq
   return max(1, min(seq, budget_mib * 2**20 // per_position))
