@@ -22,57 +22,39 @@ import sys
 
 
 def measure(model: str, rank: int, rows: int, seq: int, full: bool) -> dict:
+  """The step's state and batch as the planner builds them (`reasoner.pipeline.plan`)."""
   import functools
 
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from reasoner import sharding
   from reasoner.losses.grpo import GRPOConfig, grpo_loss
-  from reasoner.model import decoder, get_config, lora
+  from reasoner.model import get_config
+  from reasoner.pipeline import plan as plan_lib
   from reasoner.train import make_optimizer
-  from reasoner.train.state import TrainState, mixed_precision, train_state_shardings
-  from reasoner.train.step import _frozen_apart, _step_fn, batch_shardings
+  from reasoner.train.state import mixed_precision
+  from reasoner.train.step import batch_shardings, jit_step, train_step_fn
 
   n = len(jax.devices())
   mesh = sharding.make_mesh(1, n, 1)
   cfg = get_config(model, remat=True, lora_rank=0 if full else rank, lora_alpha=2.0 * rank)
-  cfg = mixed_precision(cfg)  # bf16 compute; the forward casts every weight to it
-  base_dt = jnp.float32 if full else jnp.bfloat16
-  sds = lambda shape, dt, sh: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
-  is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)
-  base_sh = sharding.param_shardings(cfg, mesh)
-  base = jax.tree.map(lambda s, sh: sds(s, base_dt, sh), decoder.param_shapes(cfg), base_sh,
-                      is_leaf=is_shape)
+  # bf16 compute; the base stored in float32 (full fine-tune) or bfloat16 (frozen under LoRA).
+  cfg = mixed_precision(cfg).replace(param_dtype="float32" if full else "bfloat16")
   opt = make_optimizer(dict(learning_rate=1e-5, schedule="constant", weight_decay=0.0))
-  if full:
-    trained, trained_sh, frozen, frozen_sh = base, base_sh, None, None
-  else:
-    trained_sh = sharding.lora_shardings(cfg, mesh)
-    trained = jax.tree.map(lambda s, sh: sds(s, jnp.float32, sh), lora.lora_shapes(cfg),
-                           trained_sh, is_leaf=is_shape)
-    frozen, frozen_sh = base, base_sh
-  state_sh = train_state_shardings(opt, trained, trained_sh, mesh)
-  opt_state = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sh),
-                           jax.eval_shape(opt.init, trained), state_sh.opt_state)
-  rep = NamedSharding(mesh, P())
-  state = TrainState(step=sds((), jnp.int32, rep), params=trained, opt_state=opt_state)
-  host = {"tokens": np.zeros((rows, seq), np.int32), "positions": np.zeros((rows, seq), np.int32),
-          "segment_ids": np.zeros((rows, seq), np.int32),
-          "loss_mask": np.zeros((rows, seq), np.float32),
-          "advantages": np.zeros((rows,), np.float32),
-          "ref_logprobs": np.zeros((rows, seq), np.float32)}
-  bsh = batch_shardings(host, mesh)
-  batch = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sh), host, bsh)
+  state, state_sh = plan_lib.abstract_stage_state(opt, cfg, mesh)
+  batch = plan_lib.row_batch(rows, seq, ("tokens", "positions", "segment_ids", "loss_mask",
+                                         "ref_logprobs"))
+  batch["advantages"] = jax.ShapeDtypeStruct((rows,), jnp.float32)
+  batch = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), batch,
+                       batch_shardings(batch, mesh))
   loss = functools.partial(grpo_loss, model_cfg=cfg, config=GRPOConfig(beta=0.001))
-  fn = _frozen_apart(_step_fn(loss, opt))
-  jitted = jax.jit(fn, in_shardings=(state_sh, frozen_sh, bsh, rep), out_shardings=(state_sh, rep),
-                   donate_argnums=(0,))
-  rng = sds((2,), jnp.uint32, rep)
+  step = jit_step(train_step_fn(loss, opt), state_sh, batch, mesh)
   with jax.set_mesh(mesh):
-    compiled = jitted.lower(state, frozen, batch, rng).compile()
+    compiled = step.lower(state.replace(frozen=None), state.frozen, batch,
+                          jax.ShapeDtypeStruct((2,), jnp.uint32,
+                                               sharding=sharding.replicated(mesh))).compile()
   m = compiled.memory_analysis()
   nbytes = lambda tree: sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
                             for x in jax.tree.leaves(tree))
@@ -80,9 +62,10 @@ def measure(model: str, rank: int, rows: int, seq: int, full: bool) -> dict:
   out = {
       "model": model, "mode": "full" if full else f"lora r{rank}", "devices": n,
       "rows_x_seq": f"{rows}x{seq}",
-      "trained_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trained)),
-      "global_GiB": {"frozen": nbytes(frozen) / gib, "trained": nbytes(trained) / gib,
-                     "opt_state": nbytes(opt_state) / gib},
+      "trained_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+      "global_GiB": {"frozen": nbytes(state.frozen) / gib,
+                     "trained": nbytes(state.params) / gib,
+                     "opt_state": nbytes(state.opt_state) / gib},
       "per_device_GiB": {"arguments": m.argument_size_in_bytes / gib,
                          "temp": m.temp_size_in_bytes / gib,
                          "output": m.output_size_in_bytes / gib,
