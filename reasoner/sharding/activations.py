@@ -1,8 +1,8 @@
 """Sharding constraints on activations by logical axis names.
 
 The decoder calls `constrain(x, ("act_batch", "act_seq", "act_heads", None))` on its
-activations. Under a mesh context (`with jax.set_mesh(mesh)`: the train and eval steps and the
-sampler enter one around their jitted calls) this pins x to the mesh axes the rules give those
+activations. Under a mesh context (`with jax.set_mesh(mesh)`: the train and eval steps enter one
+around their jitted calls; the sampler does not) this pins x to the mesh axes the rules give those
 names, so GSPMD splits the work the way the rules say (heads and MLP hidden units over `tensor`,
 rows over `data` x `fsdp`) instead of guessing; outside a mesh it returns x unchanged, so
 single-device code and tests trace exactly as before.

@@ -135,17 +135,13 @@ def batch_spec(ndim: int, mesh: Mesh, rules: Rules = DEFAULT_RULES, batch_size: 
   return logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh, rules, shape)
 
 
-def row_shards(rows: int, mesh) -> int:
-  """How many ways a batch of `rows` rows is split over devices as `batch_spec` places it: the
-  mesh's data and fsdp axes, each only where it divides the rows (1 without a mesh). `mesh` may
-  be a Mesh or the AbstractMesh of a `jax.set_mesh` context."""
-  shards = 1
-  if mesh is not None:
-    for ax in ("data", "fsdp"):
-      n = mesh.shape.get(ax, 1)
-      if rows % (shards * n) == 0:
-        shards *= n
-  return shards
+def row_shards(rows: int, mesh, rules: Rules = DEFAULT_RULES) -> int:
+  """How many ways a batch of `rows` rows is split over devices as `batch_spec` places it (the
+  `batch` rule's axes that divide the rows; 1 without a mesh). `mesh` may be a Mesh or the
+  AbstractMesh of a `jax.set_mesh` context."""
+  if mesh is None:
+    return 1
+  return int(np.prod([mesh.shape[ax] for ax in _as_tuple(batch_spec(1, mesh, rules, rows)[0])]))
 
 
 def batch_sharding(ndim: int, mesh: Mesh, rules: Rules = DEFAULT_RULES,
