@@ -38,7 +38,7 @@ import numpy as np
 from benchmarks.common import load_note, task_tokenizer
 from configs.pipeline import tiny
 from reasoner import sharding
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.async_grpo import run_async_grpo
 from reasoner.stages.context import StageContext
 from reasoner.stages.grpo import run_grpo

@@ -234,7 +234,7 @@ def grpo_model_config(n_layers: int = 4) -> ModelConfig:
 def run_grpo_split(args) -> list[str]:
   from configs.pipeline import tiny
   from reasoner.losses.grpo import grpo_loss
-  from reasoner.pipeline.metrics_log import MetricsWriter
+  from reasoner.io.metrics_log import MetricsWriter
   from reasoner.stages import grpo
   from reasoner.stages.context import StageContext
   from reasoner.train import make_eval_fn

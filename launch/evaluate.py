@@ -199,10 +199,8 @@ def main(argv):
     sys.exit(1)
   output = _OUTPUT.value or (os.path.splitext(_PLOT.value)[0] + ".json" if _PLOT.value else "")
   if output:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(output + ".tmp", output)
+    from reasoner.io import write_json
+    write_json(os.path.abspath(output), report)
     print(f"[results] {output}", flush=True)
   else:
     print(json.dumps(report["result"], indent=2))

@@ -23,7 +23,7 @@ def main(process_id: int, n: int, port: int, workdir: str):
   from configs.pipeline import tiny
   from reasoner import sharding
   from reasoner.model import ModelConfig
-  from reasoner.pipeline.metrics_log import MetricsWriter
+  from reasoner.io.metrics_log import MetricsWriter
   from reasoner.stages.context import StageContext
   from reasoner.stages.grpo import run_grpo
   from reasoner.tokenizer import train_sentencepiece

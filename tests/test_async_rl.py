@@ -16,7 +16,7 @@ from reasoner.losses import GRPOConfig, grpo_objective
 from reasoner.losses.off_policy import off_policy_grpo_objective
 from reasoner.model import ModelConfig
 from reasoner.pipeline.config_check import validate_config
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.actor import PolicyActor
 from reasoner.stages.async_grpo import run_async_grpo
 from reasoner.stages.context import StageContext

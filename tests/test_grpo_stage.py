@@ -11,7 +11,7 @@ from reasoner import sharding
 from reasoner.losses import grpo_loss
 from reasoner.losses.sft import sft_loss
 from reasoner.model import ModelConfig
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext
 from reasoner.stages.grpo import (GRPOBatch, grpo_config, make_collect, make_learn, make_replay,
                                    row_buckets)

@@ -16,7 +16,7 @@ from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.losses.sft import sft_loss
 from reasoner.model import ModelConfig, forward, init_params
 from reasoner.model import lora
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext
 from reasoner.train import init_train_state, make_optimizer, make_train_step
 from reasoner.train.state import merge_trees, model_params

@@ -8,7 +8,7 @@ import pytest
 from configs import pipeline as pipeline_configs
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
-from reasoner.pipeline.metrics_log import MetricsWriter, Progress
+from reasoner.io.metrics_log import MetricsWriter, Progress
 from reasoner.stages.rollouts import rollout_rows
 from reasoner.stages.supervised import epoch_batches
 

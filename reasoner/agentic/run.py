@@ -19,7 +19,7 @@ from reasoner.agentic.train import (demo_rows, evaluate_agent, make_task, run_ag
                                     run_agentic_ppo, run_agentic_sft, train_problems)
 from reasoner.checkpoint import load_model, save_model
 from reasoner.model.config import ModelConfig
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io import MetricsWriter, write_json
 from reasoner.stages.context import stable_seed
 from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentencepiece
 
@@ -50,18 +50,12 @@ def build_model_config(cfg, tokenizer) -> ModelConfig:
   return model_cfg
 
 
-def _write_json(path: str, value) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + ".tmp", path)
-
-
 def _cached_json(path: str, compute):
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   value = compute()
-  _write_json(path, value)
+  write_json(path, value)
   return value
 
 
@@ -137,7 +131,7 @@ def run_agentic(cfg, workdir: str) -> dict:
       print(f"[eval] {name} {mode}: accuracy={100 * m['accuracy']:.1f}% "
             f"tool_use={100 * m['tool_use_rate']:.1f}% format={100 * m['format']:.1f}%", flush=True)
   writer.close()
-  _write_json(os.path.join(workdir, "agentic_report.json"), {
+  write_json(os.path.join(workdir, "agentic_report.json"), {
       "report": report, "algo": cfg.algo, "seed": cfg.seed, "stage_seconds": timings,
       "total_seconds": time.time() - t0})
   print("\n" + format_report(report), flush=True)

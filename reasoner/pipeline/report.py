@@ -6,6 +6,8 @@ import json
 import os
 from typing import Mapping, Sequence
 
+from reasoner.io import write_json
+
 STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("grpo", "M2 GRPO"),
                 ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
 COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc",
@@ -39,10 +41,7 @@ def format_table(report: Mapping[str, Mapping]) -> str:
 
 
 def write_report(path: str, report: Mapping, extra: Mapping = ()) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"models": report, **dict(extra)}, f, indent=2, default=float)
-  os.replace(tmp, path)
+  write_json(path, {"models": report, **dict(extra)}, default=float)
 
 
 def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: str) -> bool:

@@ -26,7 +26,7 @@ from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext, held_out_problems
 from reasoner.tokenizer import load_tokenizer, train_sentencepiece
 

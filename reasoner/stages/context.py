@@ -14,7 +14,7 @@ from reasoner.data.datasets import load_gsm8k, load_jsonl_problems
 from reasoner.data.problem import Problem
 from reasoner.data.tasks import mixture
 from reasoner.model.config import ModelConfig
-from reasoner.pipeline.metrics_log import MetricsWriter
+from reasoner.io.metrics_log import MetricsWriter
 from reasoner.tokenizer import format_prompt
 
 

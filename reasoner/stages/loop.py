@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 
 from reasoner.checkpoint import CheckpointManager
-from reasoner.pipeline.metrics_log import MetricsWriter, Progress
+from reasoner.io.metrics_log import MetricsWriter, Progress
 from reasoner.train import TrainState
 
 

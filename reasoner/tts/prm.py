@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from reasoner.data.problem import Problem
+from reasoner.io import write_json
 from reasoner.losses.common import masked_mean
 from reasoner.losses.logprobs import sequence_stats
 from reasoner.losses.ppo import init_value_head
@@ -437,10 +438,7 @@ def save_prm(directory: str, prm: PRM, trunk_dir: Optional[str] = None) -> None:
   meta = {"trunk": TRUNK_DIR if trunk_dir is None else os.path.abspath(trunk_dir),
           "template": prm.template, "finetuned": prm.finetuned, "d_model": prm.cfg.d_model,
           "final_loss": prm.history[-1] if prm.history else None}
-  tmp = os.path.join(directory, PRM_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(directory, PRM_FILE))
+  write_json(os.path.join(directory, PRM_FILE), meta)
 
 
 def has_prm(directory: str) -> bool:

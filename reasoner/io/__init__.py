@@ -1,0 +1,4 @@
+"""I/O at the edge of the loops: atomic JSON files and the metrics sinks."""
+
+from reasoner.io.files import read_json, write_json, write_text
+from reasoner.io.metrics_log import MetricsWriter, Progress
