@@ -168,8 +168,8 @@ def test_grpo_epochs_keep_old_logprobs():
   rollouts = dict(batch, advantages=np.array([1.0, -1.0, 0.5, -0.5], np.float32),
                   old_logprobs=old, ref_logprobs=old.copy())
   loss_fn = functools.partial(grpo_loss, model_cfg=CFG, config=GRPOConfig(beta=0.04))
-  state, metrics = run_epochs(make_train_step(loss_fn, opt), state, rollouts, RNG, num_epochs=2,
-                              num_minibatches=2, shuffle_seed=0)
+  state, metrics = run_epochs(make_train_step(loss_fn, opt), state, rollouts, RNG, epochs=2,
+                              minibatches_per_epoch=2, seed=0)
   assert len(metrics) == 4 and int(state.step) == 4
   assert float(metrics[0]["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
   assert float(metrics[0]["kl"]) == pytest.approx(0.0, abs=1e-5)

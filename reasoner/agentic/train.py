@@ -35,7 +35,8 @@ from reasoner.rewards.composite import RewardConfig
 from reasoner.stages.context import stable_seed
 from reasoner.stages.loop import train_loop
 from reasoner.stages.supervised import epoch_batches
-from reasoner.train import init_train_state, make_eval_fn, make_optimizer, make_train_step
+from reasoner.train import (init_train_state, make_eval_fn, make_optimizer, make_train_step,
+                            run_epochs)
 
 
 def make_task(cfg) -> MultiplicationTask:
@@ -69,18 +70,13 @@ def _shardings(model_cfg, mesh, value_head: bool = False):
   return {"model": model, "value_head": {"w": rep, "b": rep}}
 
 
-def _minibatch_updates(state, train_step, batch: dict, n_rows: int, epochs: int, minibatches: int,
-                       step: int, rng):
-  """`epochs` passes over `batch` in `minibatches` shuffled slices; returns (state, metrics)."""
-  metrics = {}
-  size = n_rows // minibatches
-  for epoch in range(epochs):
-    order = np.random.default_rng(stable_seed("minibatch", step, epoch)).permutation(n_rows)
-    for j in range(minibatches):
-      idx = order[j * size:(j + 1) * size]
-      state, metrics = train_step(state, {k: v[idx] for k, v in batch.items()},
-                                  jax.random.fold_in(rng, epoch * minibatches + j))
-  return state, metrics
+def _minibatch_updates(state, train_step, batch: dict, epochs: int, minibatches: int, step: int,
+                       rng):
+  """`epochs` passes over `batch` in `minibatches` shuffled slices (`reasoner.train.run_epochs`);
+  returns (state, the last update's metrics)."""
+  state, metrics = run_epochs(train_step, state, batch, rng, epochs=epochs,
+                              minibatches_per_epoch=minibatches, seed=step)
+  return state, metrics[-1]
 
 
 def _with_rollout_metrics(metrics, rollouts) -> dict:
@@ -156,8 +152,8 @@ def make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None,
       batch["ref_logprobs"] = np.asarray(logprob_fn(ref_params, batch))
     metrics = {}
     if keep.any():
-      state, metrics = _minibatch_updates(state, train_step, batch, P * G, g.epochs,
-                                          g.minibatches, step, jax.random.fold_in(rng, 1))
+      state, metrics = _minibatch_updates(state, train_step, batch, g.epochs, g.minibatches,
+                                          step, jax.random.fold_in(rng, 1))
     metrics = _with_rollout_metrics(metrics, ro)
     metrics["groups_kept"] = float(keep.reshape(P, G)[:, 0].mean())
     return state, metrics
@@ -211,7 +207,7 @@ def make_ppo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None, gene
     adv, ret = gae(ro.token_rewards, values, batch["loss_mask"], loss_cfg.gamma, loss_cfg.lam)
     batch.update(old_logprobs=np.asarray(logp), old_values=np.asarray(values),
                  advantages=np.asarray(adv), returns=np.asarray(ret))
-    state, metrics = _minibatch_updates(state, train_step, batch, n, p.epochs, p.minibatches,
+    state, metrics = _minibatch_updates(state, train_step, batch, p.epochs, p.minibatches,
                                         step, jax.random.fold_in(rng, 1))
     return state, _with_rollout_metrics(metrics, ro)
 

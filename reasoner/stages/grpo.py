@@ -44,7 +44,7 @@ from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
 from reasoner.stages.trainable import (init_stage_state, policy_params, reference_params,
                                        stage_result, train_shardings)
-from reasoner.train import make_eval_fn, make_optimizer, make_train_step
+from reasoner.train import make_eval_fn, make_optimizer, make_train_step, run_epochs
 from reasoner.train.packing import pack_sequences
 
 
@@ -234,17 +234,10 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
       batch["ref_logprobs"] = to_host(logprobs(ref, batch))
     metrics = {}
     if gb.any_kept:
-      rows = len(batch["tokens"])
-      mb = minibatch_rows(cfg, rows)
-      for epoch in range(cfg.epochs):
-        order = np.random.default_rng(step * 1000 + epoch).permutation(rows)
-        for j in range(cfg.minibatches):
-          idx = order[j * mb:(j + 1) * mb]
-          sub = {k: v[idx] for k, v in batch.items()}
-          if replay is not None:
-            sub["replay"] = replay(step, epoch * cfg.minibatches + j)
-          state, metrics = train_step(state, sub,
-                                      jax.random.fold_in(rng, 1 + epoch * cfg.minibatches + j))
+      extra = None if replay is None else (lambda k: {"replay": replay(step, k)})
+      state, updates = run_epochs(train_step, state, batch, rng, epochs=cfg.epochs,
+                                  minibatches_per_epoch=cfg.minibatches, seed=step, extra=extra)
+      metrics = updates[-1]
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
     metrics["time/learn_s"] = time.perf_counter() - t0
