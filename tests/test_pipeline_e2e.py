@@ -54,13 +54,11 @@ def test_all_stages_wired_end_to_end(tmp_path, monkeypatch, capsys):
   import zlib
 
   from reasoner.pipeline.run import run_pipeline
-  from reasoner.stages import distill, dpo
+  from reasoner.stages import rollouts
 
   coin = lambda problem, text: zlib.crc32(text.encode()) % 2 == 0
-  monkeypatch.setattr(distill, "check_completion", coin)
-  monkeypatch.setattr(dpo, "check_completion", coin)
-  monkeypatch.setattr(distill, "format_reward", lambda text: 1.0)
-  monkeypatch.setattr(dpo, "format_reward", lambda text: 1.0)
+  monkeypatch.setattr(rollouts, "is_correct", coin)
+  monkeypatch.setattr(rollouts, "format_reward", lambda text: 1.0)
   cfg = small_config("all")
   cfg.grpo.loss.beta = 0.04
   cfg.distill.n_problems, cfg.distill.steps, cfg.distill.batch_size = 8, 2, 8

@@ -275,11 +275,11 @@ def test_jsonl_preference_errors_and_missing_file(tmp_path):
 
 def test_gsm8k_like_records_are_gsm8k_format_and_load_from_jsonl(tmp_path):
   from reasoner.data.fixtures import gsm8k_like_records, write_gsm8k_jsonl
-  from reasoner.pipeline.evaluate import check_completion
+  from reasoner.rewards import is_correct
   records = gsm8k_like_records(12, seed=3)
   assert records == gsm8k_like_records(12, seed=3) and len({r["question"] for r in records}) == 12
   assert all("<<" in r["answer"] and r["answer"].splitlines()[-1].startswith("#### ") for r in records)
   problems = load_jsonl_problems(write_gsm8k_jsonl(str(tmp_path / "g.jsonl"), n=12, seed=3))
   assert [p.answer for p in problems] == [parse_gsm8k_answer(r["answer"])[1] for r in records]
-  assert all(p.task == "gsm8k" and check_completion(p, p.solution) for p in problems)
-  assert not check_completion(problems[0], "<think>x</think><answer>-1</answer>")
+  assert all(p.task == "gsm8k" and is_correct(p, p.solution) for p in problems)
+  assert not is_correct(problems[0], "<think>x</think><answer>-1</answer>")

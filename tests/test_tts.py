@@ -157,7 +157,7 @@ def test_strategies_on_tiny_random_model(policy, problems, monkeypatch):
   bon_module = sys.modules["reasoner.tts.best_of_n"]  # the package's `best_of_n` is the function
   # A random model solves nothing: a deterministic coin stands in for the checker so best-of-N
   # has something to select.
-  monkeypatch.setattr(bon_module, "check_completion",
+  monkeypatch.setattr(bon_module, "is_correct",
                       lambda p, t: zlib.crc32(t.encode()) % 3 == 0)
   sampling = SamplingConfig(max_new_tokens=16, temperature=1.0)
   rng = jax.random.PRNGKey(1)

@@ -1,6 +1,6 @@
 """Verifiable rewards: math verifier, format / language / length, code sandbox, composite."""
 
-from reasoner.rewards.composite import COMPONENTS, RewardConfig, compute_rewards
+from reasoner.rewards.composite import COMPONENTS, RewardConfig, compute_rewards, is_correct
 from reasoner.rewards.format import (cost_penalty, format_reward, language_consistency_reward,
                                      length_penalty)
 from reasoner.rewards.safety import reward_hack_flags, safety_penalty

@@ -93,6 +93,13 @@ def _outcome_and_flags(problem: "Problem", completion: str, config: RewardConfig
   return accuracy, reward_hack_flags(completion)
 
 
+def is_correct(problem: "Problem", completion: str, config: Any = None) -> bool:
+  """Whether `completion` solves `problem`: the one answer check (r_out > 0 above) that the
+  rewards, rejection sampling, the DPO pairs, the evaluation and test-time compute all use."""
+  config = RewardConfig.from_config(config)
+  return _outcome_and_flags(problem, completion, config, None)[0] > 0
+
+
 def compute_rewards(problems: Sequence["Problem"], completions: Sequence[str],
                     num_tokens: Union[Sequence[int], np.ndarray], config: Any = None,
                     task_checker: Optional[TaskChecker] = None

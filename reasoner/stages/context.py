@@ -1,4 +1,9 @@
-"""What every stage needs: config, mesh, tokenizer, model shape, data, metrics sink, paths."""
+"""What every stage needs: config, mesh, tokenizer, model shape, data, metrics sink, paths.
+
+Names used throughout the stages: `config` is the pipeline ConfigDict (configs/pipeline.py),
+`model_cfg` a ModelConfig, and a stage's own block of the config is named after the stage
+(`config.grpo` read as `grpo_cfg`, ...).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,20 @@ import hashlib
 import os
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from reasoner import sharding
 from reasoner.data.datasets import load_gsm8k, load_jsonl_problems
 from reasoner.data.problem import Problem
 from reasoner.data.tasks import mixture
-from reasoner.model.config import ModelConfig
 from reasoner.io.metrics_log import MetricsWriter
+from reasoner.model.config import ModelConfig
+from reasoner.sampling import SamplingConfig
+from reasoner.sampling.rollouts import Rollouts, sample_rollouts
 from reasoner.tokenizer import format_prompt
+from reasoner.tokenizer.base import Tokenizer
 
 
 def stable_seed(*parts) -> int:
@@ -25,12 +35,20 @@ def stable_seed(*parts) -> int:
 
 @dataclasses.dataclass
 class StageContext:
-  config: object  # the pipeline ConfigDict
+  """One stage's view of the run. `model_cfg` is the shape of the model the stage starts from
+  (what `params` passed to its `run` are); a stage that makes a model of another shape (a smaller
+  distillation student) builds its own context with `for_model`."""
+
+  config: ConfigDict  # the pipeline config (configs/pipeline.py)
   workdir: str
-  mesh: object
+  mesh: Optional[jax.sharding.Mesh]  # None: one device, no sharding
   model_cfg: ModelConfig
-  tokenizer: object
-  writer: MetricsWriter
+  tokenizer: Tokenizer
+  writer: Optional[MetricsWriter]  # None: metrics are not written (notebooks, tools)
+
+  def for_model(self, model_cfg: ModelConfig) -> "StageContext":
+    """This context for a model of shape `model_cfg`."""
+    return dataclasses.replace(self, model_cfg=model_cfg)
 
   @property
   def template(self) -> str:
@@ -57,6 +75,12 @@ class StageContext:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(list(ids))
+
+  def sample(self, params, prompts: Sequence[list[int]], sampling: SamplingConfig,
+             rng: jax.Array, batch_rows: int = 0) -> Rollouts:
+    """`sample_rollouts` with this context's model, tokenizer and mesh."""
+    return sample_rollouts(params, self.model_cfg, self.tokenizer, prompts, sampling, rng,
+                           mesh=self.mesh, batch_rows=batch_rows)
 
   # ---- problems ----------------------------------------------------------------------------
   def problems(self, split: str, n: int, *seed_parts) -> list[Problem]:

@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import jax
 
-from reasoner.pipeline.evaluate import check_completion
-from reasoner.rewards.format import format_reward
 from reasoner.sampling import SamplingConfig
 from reasoner.stages.context import StageContext
-from reasoner.stages.rollouts import sample_rollouts
+from reasoner.stages.rollouts import sample_and_verify
 from reasoner.stages.supervised import run_supervised
 
 
 def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temperature: float,
                      max_new_tokens: int, rng: jax.Array, chunk: int = 64):
-  """Returns (kept (prompt_ids, completion_ids) pairs, stats). Keeps correct + well-formatted."""
+  """Returns (kept (prompt_ids, completion_ids) pairs, stats): the verified samples
+  (`sample_and_verify`), each distinct (problem, completion) once."""
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n)
   kept, seen, total, correct = [], set(), 0, 0
-  for i in range(0, len(problems), chunk):
-    batch = problems[i:i + chunk]
-    prompts = [ctx.encode_prompt(p.prompt) for p in batch]
-    ro = sample_rollouts(teacher_params, ctx, prompts, sampling, jax.random.fold_in(rng, i))
-    for j, text in enumerate(ro.texts):
-      problem = batch[j // n]
-      total += 1
-      if not (ro.done[j] and check_completion(problem, text) and format_reward(text) == 1.0):
-        continue
-      correct += 1
-      key = (problem.prompt, text)
-      if key not in seen:
-        seen.add(key)
-        kept.append((ro.prompt_ids[j], ro.completion_ids[j]))
+  for v in sample_and_verify(ctx, teacher_params, problems, sampling, rng, chunk):
+    total += len(v.ok)
+    for ids, text, ok in zip(v.completion_ids, v.texts, v.ok):
+      correct += ok
+      if ok and (v.problem.prompt, text) not in seen:
+        seen.add((v.problem.prompt, text))
+        kept.append((v.prompt_ids, ids))
   stats = {"sampled": total, "correct": correct, "kept_unique": len(kept),
            "accept_rate": correct / max(1, total)}
   return kept, stats

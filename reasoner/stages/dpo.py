@@ -22,13 +22,11 @@ import numpy as np
 
 from reasoner.data.datasets import load_jsonl_preferences
 from reasoner.losses.dpo import DPOConfig, dpo_loss, response_logps
-from reasoner.pipeline.evaluate import check_completion
-from reasoner.rewards.format import format_reward
 from reasoner.sampling import SamplingConfig
 from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
-from reasoner.stages.rollouts import rollout_rows, sample_rollouts
+from reasoner.stages.rollouts import rollout_rows, sample_and_verify
 from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
 from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
@@ -41,19 +39,11 @@ def sampled_pairs(ctx: StageContext, params, problems, n: int, temperature: floa
   """(prompt_ids, chosen_ids, rejected_ids) from the model's own samples, one per problem at most."""
   sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, n=n)
   pairs = []
-  for i in range(0, len(problems), chunk):
-    batch = problems[i:i + chunk]
-    prompts = [ctx.encode_prompt(p.prompt) for p in batch]
-    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, i))
-    for j, problem in enumerate(batch):
-      rows = range(j * n, (j + 1) * n)
-      good = [r for r in rows if ro.done[r] and format_reward(ro.texts[r]) == 1.0
-              and check_completion(problem, ro.texts[r])]
-      bad = [r for r in rows if r not in good]
-      if good and bad:
-        chosen = min(good, key=lambda r: len(ro.completion_ids[r]))
-        rejected = bad[0]
-        pairs.append((prompts[j], ro.completion_ids[chosen], ro.completion_ids[rejected]))
+  for v in sample_and_verify(ctx, params, problems, sampling, rng, chunk):
+    good = [ids for ids, ok in zip(v.completion_ids, v.ok) if ok]
+    bad = [ids for ids, ok in zip(v.completion_ids, v.ok) if not ok]
+    if good and bad:
+      pairs.append((v.prompt_ids, min(good, key=len), bad[0]))
   return pairs
 
 

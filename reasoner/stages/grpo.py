@@ -33,13 +33,12 @@ import numpy as np
 from reasoner.losses.grpo import GRPOConfig, filter_zero_variance_groups, grpo_loss, group_advantages
 from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.losses.sft import sft_loss
-from reasoner.pipeline.evaluate import check_completion
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
 from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
-from reasoner.stages.rollouts import rollout_rows, sample_rollouts
+from reasoner.stages.rollouts import rollout_rows
 from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
 from reasoner.stages.trainable import (init_stage_state, policy_params, reference_params,
@@ -80,10 +79,10 @@ def make_collect(ctx: StageContext):
     t0 = time.perf_counter()
     problems = ctx.problems("train", P, "grpo", step)
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
-    ro = sample_rollouts(params, ctx, prompts, sampling, jax.random.fold_in(rng, 0),
-                         batch_rows=int(cfg.rollout_rows))
+    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, 0),
+                    batch_rows=int(cfg.rollout_rows))
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
-                                     cfg.reward, task_checker=check_completion)
+                                     cfg.reward)
     adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
     keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if cfg.dynamic_sampling
             else np.ones(P * G, bool))

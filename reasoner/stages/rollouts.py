@@ -1,4 +1,4 @@
-"""Rollouts: sample completions for prompts and lay them out as training rows.
+"""Samples checked by the verifier, and samples laid out as training rows.
 
 A row is `prompt + completion`, right-padded to a fixed length so the train step compiles once:
 tokens / positions / segment_ids / loss_mask [rows, prompt_len + max_new], with loss_mask on the
@@ -15,41 +15,41 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from reasoner.sampling import SamplingConfig, generate
+from reasoner.data.problem import Problem
+from reasoner.rewards import format_reward, is_correct
+from reasoner.sampling import SamplingConfig
+from reasoner.stages.context import StageContext
 
 
 @dataclasses.dataclass
-class Rollouts:
-  prompt_ids: list[list[int]]  # [rows] (each prompt repeated n times, prompt-major)
-  completion_ids: list[list[int]]  # [rows], up to and including the stop token
-  texts: list[str]  # decoded completions
-  lengths: np.ndarray  # [rows]
-  done: np.ndarray  # [rows] bool: stopped by EOS / stop sequence
-  injected: list[np.ndarray]  # [rows] masks of forced tokens
-  logprobs: list[np.ndarray]  # [rows] the sampling policy's log-prob of each completion token
+class Verified:
+  """A problem's samples, each checked: stopped by itself, well formatted and correct."""
+
+  problem: Problem
+  prompt_ids: list[int]
+  completion_ids: list[list[int]]  # [n]
+  texts: list[str]  # [n]
+  ok: list[bool]  # [n]
 
 
-def sample_rollouts(params, ctx, prompts: Sequence[list[int]], sampling: SamplingConfig,
-                    rng: jax.Array, batch_rows: int = 0) -> Rollouts:
-  """Samples `sampling.n` completions per prompt. With `batch_rows` > 0 the sampler runs on at
-  most that many rows (batch_rows // n prompts) at a time, which bounds its KV cache; 0 = all
-  prompts in one call."""
-  prompts = list(prompts)
-  per_call = len(prompts) if batch_rows <= 0 else max(1, batch_rows // sampling.n)
-  outs = []
-  for i in range(0, len(prompts), per_call):
-    key = rng if per_call >= len(prompts) else jax.random.fold_in(rng, i)
-    outs.append(generate(params, ctx.model_cfg, prompts[i:i + per_call], sampling, key,
-                         pad_id=ctx.tokenizer.pad_id, eos_id=ctx.tokenizer.eos_id, mesh=ctx.mesh))
-  rows = [(row, m, lp, length) for out in outs
-          for row, m, lp, length in zip(out.tokens, out.injected, out.logprobs, out.lengths)]
-  completions = [row[:length].tolist() for row, _, _, length in rows]
-  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(sampling.n)],
-                  completion_ids=completions, texts=[ctx.decode(c) for c in completions],
-                  lengths=np.concatenate([out.lengths for out in outs]),
-                  done=np.concatenate([out.done for out in outs]),
-                  injected=[np.asarray(m[:length], bool) for _, m, _, length in rows],
-                  logprobs=[np.asarray(lp[:length], np.float32) for _, _, lp, length in rows])
+def sample_and_verify(ctx: StageContext, params, problems: Sequence[Problem],
+                      sampling: SamplingConfig, rng: jax.Array, chunk: int = 64) -> list[Verified]:
+  """`sampling.n` samples of every problem, `chunk` problems per sampler call (the call starting
+  at problem i keyed `fold_in(rng, i)`), each checked: a sample is ok when it stopped by itself
+  (not cut at max_new_tokens), its format reward is 1 and `is_correct` accepts it. Rejection
+  sampling and the DPO pairs keep or pair samples from this one list."""
+  n, out = sampling.n, []
+  for i in range(0, len(problems), chunk):
+    batch = problems[i:i + chunk]
+    prompts = [ctx.encode_prompt(p.prompt) for p in batch]
+    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, i))
+    for j, problem in enumerate(batch):
+      rows = range(j * n, (j + 1) * n)
+      out.append(Verified(problem, prompts[j], [ro.completion_ids[r] for r in rows],
+                          [ro.texts[r] for r in rows],
+                          [bool(ro.done[r]) and format_reward(ro.texts[r]) == 1.0
+                           and is_correct(problem, ro.texts[r]) for r in rows]))
+  return out
 
 
 def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], seq_len: int,

@@ -1,7 +1,7 @@
 """Best-of-N: sample N completions per problem, score each with a verifier, keep the best.
 
 Verifiers (each gives scores [P, N], higher = better):
-  oracle      the task's own checker (`check_completion`): 1 if correct. Best-of-N with it is
+  oracle      the task's own checker (`is_correct`): 1 if correct. Best-of-N with it is
               pass@N, an upper bound no real reranker reaches.
   prm         a process reward model's score of the last step (or min / product of the steps).
   confidence  the policy's mean token log-prob (no extra model).
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from reasoner.data.problem import Problem
-from reasoner.pipeline.evaluate import check_completion
+from reasoner.rewards import is_correct
 from reasoner.rewards.verify import extract_answer
 from reasoner.sampling import SamplingConfig
 from reasoner.tts.policy import Policy, Samples
@@ -27,7 +27,7 @@ NO_ANSWER_SCORE = -1e9  # prm / confidence score of a sample with no extractable
 
 def correctness(problems: Sequence[Problem], samples: Samples) -> np.ndarray:
   """[P, n] bool: whether each sample solves its problem."""
-  return np.array([[check_completion(p, t) for t in row] for p, row in zip(problems, samples.texts)],
+  return np.array([[is_correct(p, t) for t in row] for p, row in zip(problems, samples.texts)],
                   bool).reshape(len(problems), samples.n)
 
 

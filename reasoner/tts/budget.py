@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from reasoner.data.problem import Problem
-from reasoner.pipeline.evaluate import check_completion
+from reasoner.rewards import is_correct
 from reasoner.sampling import SamplingConfig
 from reasoner.tts.policy import Policy
 
@@ -61,7 +61,7 @@ def budget_forcing(policy: Policy, problems: Sequence[Problem], budget: int, sam
                          answer_tokens)
   rows = policy.generate(policy.prompt_ids(problems), scfg, rng)
   texts = [policy.tokenizer.decode(ids) for ids, _, _ in rows]
-  correct = [check_completion(p, t) for p, t in zip(problems, texts)]
+  correct = [is_correct(p, t) for p, t in zip(problems, texts)]
   think = thinking_lengths([ids for ids, _, _ in rows], policy.think_end_id)
   return {"accuracy": float(np.mean(correct)), "budget": int(budget), "mode": mode,
           "mean_thinking_tokens": float(think.mean()),

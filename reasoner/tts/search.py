@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from reasoner.data.problem import Problem
-from reasoner.pipeline.evaluate import check_completion
+from reasoner.rewards import is_correct
 from reasoner.rewards.verify import extract_answer
 from reasoner.sampling import SamplingConfig
 from reasoner.tts.policy import Policy, period_token_ids
@@ -119,7 +119,7 @@ def prm_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array,
   final beams as an upper bound. Returns {'accuracy', 'beam_pass', 'completions', 'scores'}."""
   beams = beam_search(policy, prm, problems, rng, **kw)
   texts = [[policy.tokenizer.decode(list(b.ids)) for b in bs] for bs in beams]
-  correct = [[check_completion(p, t) for t in ts] for p, ts in zip(problems, texts)]
+  correct = [[is_correct(p, t) for t in ts] for p, ts in zip(problems, texts)]
   return {"accuracy": float(np.mean([c[0] for c in correct])),
           "beam_pass": float(np.mean([any(c) for c in correct])),
           "completions": [t[0] for t in texts],

@@ -1,0 +1,56 @@
+"""Completions for many prompts, decoded: the one loop every stage and the evaluation sample
+through.
+
+`sample_rollouts` runs the sampler over at most `batch_rows` rows at a time (so its KV cache is
+bounded), decodes the completions and keeps what the training rows need: the completion ids up to
+and including the stop token, whether it stopped, the tokens budget forcing injected and the
+sampler's per-token log-probs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from reasoner.model.config import ModelConfig
+from reasoner.sampling.config import SamplingConfig
+from reasoner.sampling.sampler import generate
+from reasoner.tokenizer.base import Tokenizer
+
+
+@dataclasses.dataclass
+class Rollouts:
+  prompt_ids: list[list[int]]  # [rows] (each prompt repeated n times, prompt-major)
+  completion_ids: list[list[int]]  # [rows], up to and including the stop token
+  texts: list[str]  # decoded completions
+  lengths: np.ndarray  # [rows]
+  done: np.ndarray  # [rows] bool: stopped by EOS / stop sequence
+  injected: list[np.ndarray]  # [rows] masks of forced tokens
+  logprobs: list[np.ndarray]  # [rows] the sampling policy's log-prob of each completion token
+
+
+def sample_rollouts(params, model_cfg: ModelConfig, tokenizer: Tokenizer,
+                    prompts: Sequence[list[int]], sampling: SamplingConfig, rng: jax.Array, *,
+                    mesh=None, batch_rows: int = 0) -> Rollouts:
+  """Samples `sampling.n` completions per prompt. With `batch_rows` > 0 the sampler runs on at
+  most that many rows (batch_rows // n prompts, at least one) at a time, the call starting at
+  prompt i keyed `fold_in(rng, i)`; 0 = all prompts in one call, keyed `rng`."""
+  prompts = list(prompts)
+  per_call = len(prompts) if batch_rows <= 0 else max(1, batch_rows // sampling.n)
+  outs = []
+  for i in range(0, len(prompts), per_call):
+    key = rng if per_call >= len(prompts) else jax.random.fold_in(rng, i)
+    outs.append(generate(params, model_cfg, prompts[i:i + per_call], sampling, key,
+                         pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mesh=mesh))
+  rows = [(row, m, lp, length) for out in outs
+          for row, m, lp, length in zip(out.tokens, out.injected, out.logprobs, out.lengths)]
+  completions = [row[:length].tolist() for row, _, _, length in rows]
+  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(sampling.n)],
+                  completion_ids=completions, texts=[tokenizer.decode(c) for c in completions],
+                  lengths=np.concatenate([out.lengths for out in outs]),
+                  done=np.concatenate([out.done for out in outs]),
+                  injected=[np.asarray(m[:length], bool) for _, m, _, length in rows],
+                  logprobs=[np.asarray(lp[:length], np.float32) for _, _, lp, length in rows])
