@@ -90,7 +90,7 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", n)  # before anything initialises the backends
   from reasoner.pipeline import plan as plan_lib
 
-  from reasoner.pipeline.run import config_model
+  from reasoner.stages.models import config_model
 
   raw = _PROGRAMS.value.strip()
   programs = None if raw in ("", "all") else [p.strip() for p in raw.split(",") if p.strip()]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from reasoner.data.tasks import TASKS
 from reasoner.model.config import ModelConfig
-
-STAGES = ("pretrain", "sft", "grpo", "distill", "dpo")
+from reasoner.stages import STAGE_NAMES as STAGES
 _CHOICES = {
     "data.source": ("procedural", "gsm8k", "jsonl"),
     "grpo.loss.loss_agg": ("seq_mean", "token_mean", "constant"),

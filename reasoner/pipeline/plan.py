@@ -48,7 +48,7 @@ from reasoner import sharding
 from reasoner.losses.sft import sft_loss
 from reasoner.model import decoder, lora
 from reasoner.model.config import ModelConfig
-from reasoner.pipeline.run import config_model
+from reasoner.stages.models import config_model
 from reasoner.sampling import sampler
 from reasoner.stages import distill as distill_stage
 from reasoner.stages import dpo as dpo_stage

@@ -13,25 +13,26 @@ and that param_dtype come from the pipeline config onto every model loaded from 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 
 import jax
+from ml_collections import ConfigDict
 
 from reasoner import sharding
-from reasoner.checkpoint import load_model, read_model_config, save_model
+from reasoner.checkpoint import load_model
+from reasoner.io import MetricsWriter, read_json, write_json
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
-from reasoner.io.metrics_log import MetricsWriter
-from reasoner.stages.context import StageContext, held_out_problems
-from reasoner.tokenizer import load_tokenizer, train_sentencepiece
-
-# Which model each stage starts from.
-_PARENT = {"sft": "m0", "grpo": "sft", "distill": "grpo", "dpo": "distill"}
+from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
+                             held_out_problems, load_stage_model, save_stage_model, stable_seed,
+                             training_model_config)
+from reasoner.stages.dpo import held_out_pairs, preference_metrics
+from reasoner.stages.pretrain import corpus_document
+from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiece
+from reasoner.data.tasks import mixture
 
 
 def _log(msg: str):
@@ -39,66 +40,46 @@ def _log(msg: str):
     print(msg, flush=True)
 
 
-def build_tokenizer(cfg, workdir: str):
+def build_tokenizer(config: ConfigDict, workdir: str):
   tok_dir = os.path.join(workdir, "tokenizer")
-  kind = cfg.tokenizer.kind
+  kind = config.tokenizer.kind
   if kind == "dir":
-    return load_tokenizer(cfg.tokenizer.path)
+    return load_tokenizer(config.tokenizer.path)
   if kind == "from_init":
-    path = os.path.join(cfg.init, "tokenizer") if os.path.isdir(os.path.join(cfg.init, "tokenizer")) else cfg.init
-    return load_tokenizer(path)
+    init_tok = os.path.join(config.init, "tokenizer")
+    return load_tokenizer(init_tok if os.path.isdir(init_tok) else config.init)
   if os.path.exists(os.path.join(tok_dir, "tokenizer.model")):
     return load_tokenizer(tok_dir)
-  from reasoner.stages.pretrain import corpus_document
-  from reasoner.stages.context import stable_seed
-  from reasoner.data.tasks import mixture
-  from reasoner.tokenizer import format_prompt
-  tasks = [t.strip() for t in cfg.data.tasks.split(",") if t.strip()]
-  probs = mixture(tasks, "train", 4000, stable_seed(cfg.seed, "tokenizer"), cfg.data.difficulty)
-  texts = [corpus_document(p) for p in probs] + [format_prompt(p.prompt, cfg.tokenizer.template) + p.solution for p in probs]
-  _log(f"[tokenizer] training SentencePiece (vocab {cfg.tokenizer.vocab_size}) on {len(texts)} texts")
-  return train_sentencepiece(texts, tok_dir, vocab_size=cfg.tokenizer.vocab_size)
+  tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
+  probs = mixture(tasks, "train", 4000, stable_seed(config.seed, "tokenizer"), config.data.difficulty)
+  texts = ([corpus_document(p) for p in probs]
+           + [format_prompt(p.prompt, config.tokenizer.template) + p.solution for p in probs])
+  _log(f"[tokenizer] training SentencePiece (vocab {config.tokenizer.vocab_size}) on {len(texts)} texts")
+  return train_sentencepiece(texts, tok_dir, vocab_size=config.tokenizer.vocab_size)
 
 
-def config_model(cfg) -> ModelConfig:
-  """The ModelConfig `config.model` describes (its `preset` name dropped)."""
-  return ModelConfig.from_dict({k: v for k, v in cfg.model.to_dict().items() if k != "preset"})
-
-
-def build_model_config(cfg, tokenizer) -> ModelConfig:
-  model_cfg = config_model(cfg)
+def build_model_config(config: ConfigDict, tokenizer) -> ModelConfig:
+  model_cfg = config_model(config)
   if model_cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size} tokens")
   return model_cfg
 
 
-_LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
-
-
-def training_model_config(model_cfg: ModelConfig, cfg) -> ModelConfig:
-  """`model_cfg` with the pipeline's LoRA fields (config.model.lora_*) and, under LoRA, its
-  param_dtype (the frozen base's storage dtype); unchanged for lora_rank 0 and default fields."""
-  fields = {k: cfg.model[k] for k in _LORA_FIELDS if k in cfg.model}
-  if fields.get("lora_rank") and "param_dtype" in cfg.model:
-    fields["param_dtype"] = cfg.model.param_dtype
-  return model_cfg.replace(**fields)
-
-
-def _load_initial(cfg, mesh, tokenizer):
+def _load_initial(config: ConfigDict, mesh, tokenizer):
   """M0 from a model directory or a Hugging Face folder, its vocab grown to fit `tokenizer`."""
   from reasoner.checkpoint import grow_vocab
   from reasoner.checkpoint.hf_io import import_hf
   from reasoner.tokenizer.base import padded_vocab_size
-  path = cfg.init
+  path = config.init
   # Under LoRA the weights are a frozen base, read straight into its storage dtype.
-  dtype = cfg.model.get("param_dtype") if cfg.model.get("lora_rank") else None
+  dtype = config.model.get("param_dtype") if config.model.get("lora_rank") else None
   if os.path.exists(os.path.join(path, "model_config.json")):
     params, model_cfg, _, _ = load_model(path, dtype=dtype)
   else:
     params, model_cfg = import_hf(path, **({"dtype": dtype} if dtype else {}))
-  model_cfg = training_model_config(model_cfg.replace(dtype=cfg.model.dtype, remat=cfg.model.remat),
-                                    cfg)
+  model_cfg = training_model_config(
+      model_cfg.replace(dtype=config.model.dtype, remat=config.model.remat), config)
   if tokenizer.vocab_size > model_cfg.vocab_size:
     _log(f"[init] growing the vocabulary {model_cfg.vocab_size} -> "
          f"{padded_vocab_size(tokenizer.vocab_size)} for the reasoning tags")
@@ -107,105 +88,75 @@ def _load_initial(cfg, mesh, tokenizer):
 
 
 class Pipeline:
-  def __init__(self, cfg, workdir: str):
-    validate_config(cfg)
-    self.cfg, self.workdir = cfg, workdir
+  """Walks `reasoner.stages.STAGES`: each stage starts from its parent's final model, and each
+  final model is evaluated once (eval.json); finished stages are skipped on a rerun."""
+
+  def __init__(self, config: ConfigDict, workdir: str):
+    validate_config(config)
+    self.config, self.workdir = config, workdir
     os.makedirs(workdir, exist_ok=True)
-    self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    self.tokenizer = build_tokenizer(cfg, workdir)
+    self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    self.tokenizer = build_tokenizer(config, workdir)
     self.writer = MetricsWriter(workdir)
-    self.rng = jax.random.PRNGKey(cfg.seed)
-    model_cfg = build_model_config(cfg, self.tokenizer) if cfg.init == "pretrain" else None
-    self.ctx = StageContext(cfg, workdir, self.mesh, model_cfg, self.tokenizer, self.writer)
+    self.rng = jax.random.PRNGKey(config.seed)
+    # Only pre-training builds a model from config.model; every other stage starts from a model
+    # on disk and gets a context of that model's shape (`_context_for`).
+    model_cfg = (build_model_config(config, self.tokenizer) if config.init == "pretrain"
+                 else config_model(config))
+    self.ctx = StageContext(config, workdir, self.mesh, model_cfg, self.tokenizer, self.writer)
     self.report = {}
     self._eval_problems = None
 
-  # ---- models on disk ----------------------------------------------------------------------
-  def _final(self, name: str) -> str:
-    return self.ctx.final_dir(name)
-
-  def _has(self, name: str) -> bool:
-    return os.path.exists(os.path.join(self._final(name), "model_config.json"))
-
-  def _save(self, name: str, params, model_cfg):
-    # Every process calls this: orbax coordinates multi-host writes itself.
-    save_model(self._final(name), params, model_cfg, tokenizer=self.tokenizer,
-               metadata={"stage": name, "seed": self.cfg.seed})
-
-  def _load(self, name: str):
-    if not self._has(name):
-      raise FileNotFoundError(f"stage needs the {name} model at {self._final(name)}; "
-                              f"run --config.stages={name} first (or the whole pipeline)")
-    model_cfg = training_model_config(read_model_config(self._final(name)), self.cfg)
-    dtype = model_cfg.param_dtype if model_cfg.lora_rank else None
-    params, _, _, _ = load_model(self._final(name), mesh=self.mesh, dtype=dtype)
-    return params, model_cfg
-
   # ---- evaluation ----------------------------------------------------------------------------
-  def _evaluate(self, name: str, params, model_cfg, extra=None) -> dict:
-    path = os.path.join(self.ctx.stage_dir(name), "eval.json")
+  def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
+    path = os.path.join(self.ctx.stage_dir(model), "eval.json")
     if os.path.exists(path):
-      return json.load(open(path))
-    e = self.cfg.eval
+      return read_json(path)
+    e = self.config.eval
     if self._eval_problems is None:
       self._eval_problems = held_out_problems(self.ctx)
-    ctx = dataclasses.replace(self.ctx, model_cfg=model_cfg)
-    prompts = [ctx.encode_prompt(p.prompt) for p in self._eval_problems]
+    prompts = [self.ctx.encode_prompt(p.prompt) for p in self._eval_problems]
     t0 = time.time()
     metrics = evaluate(params, model_cfg, self.tokenizer, self._eval_problems, prompts, k=e.k,
                        temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-                       rng=jax.random.fold_in(self.rng, 999), mesh=self.mesh, batch_size=e.batch_size)
+                       rng=jax.random.fold_in(self.rng, 999), mesh=self.mesh,
+                       batch_size=e.batch_size)
     metrics.update(extra or {})
     metrics["eval_seconds"] = time.time() - t0
-    tmp = path + ".tmp"
-    json.dump(metrics, open(tmp, "w"), indent=2)
-    os.replace(tmp, path)
-    _log(f"[eval] {name}: pass@1={100 * metrics['pass@1']:.1f}% greedy={100 * metrics['greedy_acc']:.1f}% "
+    write_json(path, metrics)
+    _log(f"[eval] {model}: pass@1={100 * metrics['pass@1']:.1f}% "
+         f"greedy={100 * metrics['greedy_acc']:.1f}% "
          f"format={100 * metrics['format_rate']:.1f}% ({metrics['eval_seconds']:.0f}s)")
     return metrics
 
   # ---- stages --------------------------------------------------------------------------------
   def run(self) -> dict:
-    cfg = self.cfg
-    stages = resolve_stages(cfg)
+    config = self.config
+    selected = resolve_stages(config)
     t_start = time.time()
     timings = {}
-    # M0
-    if cfg.init == "pretrain":
-      if not self._has("m0"):
-        if "pretrain" not in stages:
-          raise FileNotFoundError(f"no M0 at {self._final('m0')}; include the pretrain stage")
-        from reasoner.stages.pretrain import run_pretrain
+    for index, stage in enumerate(STAGES):
+      if has_model(self.ctx, stage.model):
+        params, model_cfg = load_stage_model(self.ctx, stage.model)
+      elif stage.parent is None and config.init != "pretrain":
+        params, model_cfg = _load_initial(config, self.mesh, self.tokenizer)
+        save_stage_model(self.ctx, stage.model, params, model_cfg)
+      elif stage.name in selected:
         t0 = time.time()
-        params = run_pretrain(self.ctx, jax.random.fold_in(self.rng, 0))
-        self._save("m0", params, self.ctx.model_cfg)
-        timings["pretrain"] = time.time() - t0
-    elif not self._has("m0"):
-      params, model_cfg = _load_initial(cfg, self.mesh, self.tokenizer)
-      self._save("m0", params, model_cfg)
-    m0_params, m0_cfg = self._load("m0")
-    self.ctx = dataclasses.replace(self.ctx, model_cfg=m0_cfg)
-    self.report["m0"] = self._evaluate("m0", m0_params, m0_cfg)
-    del m0_params
-
-    for name in ("sft", "grpo", "distill", "dpo"):
-      if name not in stages and not self._has(name):
-        continue
-      if self._has(name):
-        params, model_cfg = self._load(name)
+        params, model_cfg = self._run_stage(stage, jax.random.fold_in(self.rng, index))
+        save_stage_model(self.ctx, stage.model, params, model_cfg)
+        timings[stage.name] = time.time() - t0
+      elif stage.parent is None:
+        raise FileNotFoundError(f"no M0 at {self.ctx.final_dir(stage.model)}; include the "
+                                f"{stage.name} stage")
       else:
-        parent = "m0" if (name == "grpo" and cfg.r1_zero) else _PARENT[name]
-        params, model_cfg = self._load(parent)
-        self.ctx = dataclasses.replace(self.ctx, model_cfg=model_cfg)
-        t0 = time.time()
-        params = self._run_stage(name, params, jax.random.fold_in(self.rng, 1 + list(_PARENT).index(name)))
-        model_cfg = self.ctx.model_cfg
-        self._save(name, params, model_cfg)
-        timings[name] = time.time() - t0
-      extra = self._pref_metric(name, params) if name in ("distill", "dpo") and "dpo" in stages else {}
-      self.report[name] = self._evaluate(name, params, model_cfg, extra)
+        continue
+      extra = (self._pref_metric(params) if stage.name in ("distill", "dpo") and "dpo" in selected
+               else {})
+      self.report[stage.model] = self._evaluate(stage.model, params, model_cfg, extra)
+      del params
 
-    extra = {"seed": cfg.seed, "preset": cfg.preset, "stage_seconds": timings,
+    extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,
              "total_seconds": time.time() - t_start}
     if jax.process_index() == 0:
       report_lib.write_report(os.path.join(self.workdir, "report.json"), self.report, extra)
@@ -215,41 +166,25 @@ class Pipeline:
     self.writer.close()
     return self.report
 
-  def _run_stage(self, name: str, params, rng):
-    if name == "sft":
-      from reasoner.stages.sft import run_sft
-      return run_sft(self.ctx, params, rng)
-    if name == "grpo" and self.cfg.grpo.async_rl.enabled:
-      from reasoner.stages.async_grpo import run_async_grpo
-      return run_async_grpo(self.ctx, params, rng)
-    if name == "grpo":
-      from reasoner.stages.grpo import run_grpo
-      return run_grpo(self.ctx, params, rng)
-    if name == "distill":
-      from reasoner.stages.distill import run_distill, student_config
-      d = self.cfg.distill
-      teacher = params
-      student_cfg = student_config(self.cfg, self.ctx.model_cfg)
-      if student_cfg is not None:
-        self.ctx = dataclasses.replace(self.ctx, model_cfg=student_cfg)
-        student = sharding.sharded_init(student_cfg, jax.random.fold_in(rng, 7), self.mesh)
-      else:
-        student, _ = self._load({"sft": "sft", "pretrain": "m0", "grpo": "grpo"}[d.init_from])
-      return run_distill(self.ctx, teacher, student, rng)
-    from reasoner.stages.dpo import run_dpo
-    return run_dpo(self.ctx, params, rng)
+  def _run_stage(self, stage: Stage, rng: jax.Array):
+    """Runs `stage` from its parent's final model; returns (params, their ModelConfig)."""
+    parent = stage.parent_model(self.config)
+    if parent is None:
+      ctx, params = self.ctx, None
+    else:
+      params, parent_cfg = load_stage_model(self.ctx, parent)
+      ctx = self.ctx.for_model(parent_cfg)
+    return stage.run(ctx, params, rng), stage.output_config(ctx)
 
-  def _pref_metric(self, name: str, params) -> dict:
+  def _pref_metric(self, params) -> dict:
     """Preference accuracy on held-out pairs sampled once from M3 (for the M3 and M4 rows)."""
-    from reasoner.stages.dpo import held_out_pairs, preference_metrics
     path = os.path.join(self.ctx.stage_dir("dpo"), "heldout_pairs.json")
-    m3, _ = self._load("distill")
+    m3, m3_cfg = load_stage_model(self.ctx, "distill")
+    m3_ctx = self.ctx.for_model(m3_cfg)
     if not os.path.exists(path):
-      pairs = held_out_pairs(self.ctx, m3, jax.random.fold_in(self.rng, 4242))
-      json.dump(pairs, open(path + ".tmp", "w"))
-      os.replace(path + ".tmp", path)
-    pairs = [tuple(p) for p in json.load(open(path))]
-    return {**preference_metrics(self.ctx, params, m3, pairs, self.cfg.dpo.seq_len),
+      write_json(path, held_out_pairs(m3_ctx, m3, jax.random.fold_in(self.rng, 4242)), indent=None)
+    pairs = [tuple(p) for p in read_json(path)]
+    return {**preference_metrics(m3_ctx, params, m3, pairs, self.config.dpo.seq_len),
             "n_pref_pairs": len(pairs)}
 
   def _plots(self):
@@ -260,5 +195,5 @@ class Pipeline:
       report_lib.plot_curves(rows, keys, os.path.join(self.workdir, f"{stage}_curves.png"), stage)
 
 
-def run_pipeline(cfg, workdir: str) -> dict:
-  return Pipeline(cfg, workdir).run()
+def run_pipeline(config: ConfigDict, workdir: str) -> dict:
+  return Pipeline(config, workdir).run()

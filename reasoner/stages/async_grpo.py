@@ -64,13 +64,13 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
   if jax.process_count() > 1:
     raise ValueError("config.grpo.async_rl needs a single-process run; use the synchronous stage "
                      "on several hosts")
-  cfg = ctx.config.grpo
-  opts = cfg.async_rl
-  loss_cfg = grpo_config(cfg)
+  grpo_cfg = ctx.config.grpo
+  opts = grpo_cfg.async_rl
+  loss_cfg = grpo_config(grpo_cfg)
   learner_ctx, actor_ctx = split_devices(ctx, int(opts.actor_devices))
   if learner_ctx is not ctx:
     params = jax.device_put(params, learner_ctx.param_shardings)
-  optimizer = make_optimizer(cfg.optim)
+  optimizer = make_optimizer(grpo_cfg.optim)
   state = init_stage_state(learner_ctx, "grpo", params, optimizer)
   loss_fn = functools.partial(off_policy_grpo_loss, model_cfg=ctx.model_cfg, config=loss_cfg,
                               is_clip=float(opts.is_clip))
@@ -90,7 +90,7 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
 
   def step_fn(state, step, rng_step):
     if not actor.started:  # here rather than up front: train_loop may have restored a checkpoint
-      actor.start(state.params, step, cfg.steps)
+      actor.start(state.params, step, grpo_cfg.steps)
     out = actor.get(step)
     lag = step - out.version
     state, metrics = learn(state, out.data, step, rng_step,
@@ -102,7 +102,7 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
     return state, metrics
 
   try:
-    state = train_loop("grpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("grpo"),
+    state = train_loop("grpo", state, step_fn, grpo_cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                        writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
                        checkpoint_every=ctx.config.checkpoint_every)
   finally:

@@ -1,18 +1,24 @@
 """Stage 3 (M2 -> M3): rejection sampling and distillation.
 
-The teacher (M2) samples N completions per training problem; only verified-correct,
-well-formatted ones are kept (deduplicated), and the student is fine-tuned on them with the
-same response-only cross-entropy as SFT. The student starts from M1 by default
+The teacher (M2, the params the stage is given) samples N completions per training problem; only
+verified-correct, well-formatted ones are kept (deduplicated), and the student is fine-tuned on
+them with the same response-only cross-entropy as SFT. The student starts from M1 by default
 (`distill.init_from`), or is a smaller model (`distill.student`, a model preset) trained from
-scratch on the kept samples.
+scratch on the kept samples; `output_model_config` tells the pipeline which shape it returns.
 """
 
 from __future__ import annotations
 
-import jax
+from typing import Optional
 
+import jax
+from ml_collections import ConfigDict
+
+from reasoner.model.config import ModelConfig, get_config
 from reasoner.sampling import SamplingConfig
+from reasoner.sharding import sharded_init
 from reasoner.stages.context import StageContext
+from reasoner.stages.models import load_stage_model
 from reasoner.stages.rollouts import sample_and_verify
 from reasoner.stages.supervised import run_supervised
 
@@ -35,22 +41,44 @@ def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temper
   return kept, stats
 
 
-def student_config(config, teacher_cfg):
+# distill.init_from -> the model the student starts from.
+_INIT_MODELS = {"sft": "sft", "pretrain": "m0", "grpo": "grpo"}
+
+
+def student_config(config: ConfigDict, teacher_cfg: ModelConfig) -> Optional[ModelConfig]:
   """The student's ModelConfig: the `distill.student` preset with the teacher's vocabulary, or
   None for a student shaped like the teacher."""
   if not config.distill.student:
     return None
-  from reasoner.model.config import get_config
   return get_config(config.distill.student, vocab_size=teacher_cfg.vocab_size)
 
 
-def run_distill(ctx: StageContext, teacher_params, student_params, rng: jax.Array):
-  cfg = ctx.config.distill
-  problems = ctx.problems("train", cfg.n_problems, "distill")
-  kept, stats = rejection_sample(ctx, teacher_params, problems, cfg.samples_per_problem,
-                                 cfg.temperature, ctx.config.grpo.max_new_tokens,
+def output_model_config(ctx: StageContext) -> ModelConfig:
+  """The shape of the model `run_distill` returns, given the teacher's context."""
+  return student_config(ctx.config, ctx.model_cfg) or ctx.model_cfg
+
+
+def initial_student(ctx: StageContext, rng: jax.Array):
+  """(params, context) of the student before distillation: a fresh `distill.student` model, or
+  the `distill.init_from` stage's model."""
+  student_cfg = student_config(ctx.config, ctx.model_cfg)
+  if student_cfg is not None:
+    return sharded_init(student_cfg, jax.random.fold_in(rng, 7), ctx.mesh), ctx.for_model(student_cfg)
+  params, _ = load_stage_model(ctx, _INIT_MODELS[ctx.config.distill.init_from])
+  return params, ctx
+
+
+def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):
+  """M2 -> M3: rejection sampling from the teacher (`ctx` is the teacher's), SFT of the student."""
+  distill_cfg = ctx.config.distill
+  student_params, student_ctx = initial_student(ctx, rng)
+  problems = ctx.problems("train", distill_cfg.n_problems, "distill")
+  kept, stats = rejection_sample(ctx, teacher_params, problems, distill_cfg.samples_per_problem,
+                                 distill_cfg.temperature, distill_cfg.max_new_tokens,
                                  jax.random.fold_in(rng, 0))
   print(f"[distill] rejection sampling: {stats['correct']}/{stats['sampled']} correct "
         f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept", flush=True)
-  ctx.writer.write("distill", 0, stats)
-  return run_supervised(ctx, "distill", student_params, kept, cfg, jax.random.fold_in(rng, 1))
+  if ctx.writer is not None:
+    ctx.writer.write("distill", 0, stats)
+  return run_supervised(student_ctx, "distill", student_params, kept, distill_cfg,
+                        jax.random.fold_in(rng, 1))

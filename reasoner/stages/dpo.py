@@ -86,58 +86,58 @@ def preference_metrics(ctx: StageContext, params, ref_params, pairs, seq_len: in
 
 
 def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
-  cfg = ctx.config.dpo
-  problems = ctx.problems("test", cfg.n_problems, "dpo-heldout")
-  return sampled_pairs(ctx, m3_params, problems, cfg.samples_per_problem, cfg.temperature,
-                       ctx.config.grpo.max_new_tokens, rng)
+  dpo_cfg = ctx.config.dpo
+  problems = ctx.problems("test", dpo_cfg.n_problems, "dpo-heldout")
+  return sampled_pairs(ctx, m3_params, problems, dpo_cfg.samples_per_problem, dpo_cfg.temperature,
+                       dpo_cfg.max_new_tokens, rng)
 
 
-def dpo_train_loss(cfg, model_cfg):
-  """The DPO stage's loss(params, batch, rng) for config.dpo `cfg`: DPO on batch["pairs"] (chosen,
+def dpo_train_loss(dpo_cfg, model_cfg):
+  """The DPO stage's loss(params, batch, rng) for config.dpo `dpo_cfg`: DPO on batch["pairs"] (chosen,
   rejected, ref_chosen_logps, ref_rejected_logps) + replay_weight x the SFT loss on batch["replay"]."""
-  dpo_cfg = DPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                      nll_weight=cfg.nll_weight)
+  loss_cfg = DPOConfig(beta=dpo_cfg.beta, loss_type=dpo_cfg.loss_type, label_smoothing=dpo_cfg.label_smoothing,
+                      nll_weight=dpo_cfg.nll_weight)
 
   def loss_fn(p, batch, rng):
-    return dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=dpo_cfg,
-                    replay=batch["replay"], replay_weight=float(cfg.replay_weight))
+    return dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=loss_cfg,
+                    replay=batch["replay"], replay_weight=float(dpo_cfg.replay_weight))
 
   return loss_fn
 
 
 def run_dpo(ctx: StageContext, params, rng: jax.Array):
-  cfg = ctx.config.dpo
+  dpo_cfg = ctx.config.dpo
   if ctx.config.data.preferences_path:
     pairs = file_pairs(ctx, ctx.config.data.preferences_path)
   else:
-    problems = ctx.problems("train", cfg.n_problems, "dpo")
-    pairs = sampled_pairs(ctx, params, problems, cfg.samples_per_problem, cfg.temperature,
-                          ctx.config.grpo.max_new_tokens, jax.random.fold_in(rng, 0))
+    problems = ctx.problems("train", dpo_cfg.n_problems, "dpo")
+    pairs = sampled_pairs(ctx, params, problems, dpo_cfg.samples_per_problem, dpo_cfg.temperature,
+                          dpo_cfg.max_new_tokens, jax.random.fold_in(rng, 0))
   if not pairs:
     raise ValueError("[dpo] no preference pairs: the model's samples were all correct or all wrong; "
                      "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
   print(f"[dpo] {len(pairs)} preference pairs", flush=True)
-  optimizer = make_optimizer(cfg.optim)
+  optimizer = make_optimizer(dpo_cfg.optim)
   state = init_stage_state(ctx, "dpo", params, optimizer)
   ref = params if state.frozen is None else state.frozen  # LoRA: the frozen base, adapters off
-  data = pair_batch(pairs, cfg.seq_len, ctx.tokenizer.pad_id)
-  data["ref_chosen_logps"], data["ref_rejected_logps"] = pair_logps(ctx, ref, pairs, cfg.seq_len,
-                                                                    cfg.batch_size)
+  data = pair_batch(pairs, dpo_cfg.seq_len, ctx.tokenizer.pad_id)
+  data["ref_chosen_logps"], data["ref_rejected_logps"] = pair_logps(ctx, ref, pairs, dpo_cfg.seq_len,
+                                                                    dpo_cfg.batch_size)
 
-  replay = pack_sequences(sft_examples(ctx, ctx.problems("train", cfg.n_problems, "dpo-replay")),
-                          cfg.seq_len, ctx.tokenizer.pad_id)
-  loss_fn = dpo_train_loss(cfg, ctx.model_cfg)
+  replay = pack_sequences(sft_examples(ctx, ctx.problems("train", dpo_cfg.n_problems, "dpo-replay")),
+                          dpo_cfg.seq_len, ctx.tokenizer.pad_id)
+  loss_fn = dpo_train_loss(dpo_cfg, ctx.model_cfg)
   step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh, param_shardings=train_shardings(ctx),
-                         tokens_per_device=int(cfg.tokens_per_device))
+                         tokens_per_device=int(dpo_cfg.tokens_per_device))
 
   def step_fn(state, i, rng):
-    idx = epoch_batches(len(pairs), cfg.batch_size, i, ctx.config.seed)
-    ridx = epoch_batches(replay["tokens"].shape[0], cfg.batch_size, i, ctx.config.seed + 1)
+    idx = epoch_batches(len(pairs), dpo_cfg.batch_size, i, ctx.config.seed)
+    ridx = epoch_batches(replay["tokens"].shape[0], dpo_cfg.batch_size, i, ctx.config.seed + 1)
     batch = {"pairs": jax.tree.map(lambda x: x[idx], data),
              "replay": {k: v[ridx] for k, v in replay.items()}}
     return step(state, batch, rng)
 
-  state = train_loop("dpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("dpo"),
+  state = train_loop("dpo", state, step_fn, dpo_cfg.steps, stage_dir=ctx.stage_dir("dpo"),
                      writer=ctx.writer, rng=jax.random.fold_in(rng, 1), log_every=ctx.config.log_every,
                      checkpoint_every=ctx.config.checkpoint_every)
   return stage_result(ctx, state)

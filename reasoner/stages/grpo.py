@@ -47,8 +47,8 @@ from reasoner.train import make_eval_fn, make_optimizer, make_train_step, run_ep
 from reasoner.train.packing import pack_sequences
 
 
-def grpo_config(cfg) -> GRPOConfig:
-  return GRPOConfig(**cfg.loss.to_dict())
+def grpo_config(grpo_cfg) -> GRPOConfig:
+  return GRPOConfig(**grpo_cfg.loss.to_dict())
 
 
 @dataclasses.dataclass
@@ -60,31 +60,31 @@ class GRPOBatch:
   any_kept: bool  # some group has a non-zero advantage
 
 
-def rollout_sampling(cfg) -> SamplingConfig:
-  """How config.grpo `cfg` samples: group_size completions of max_new_tokens per prompt."""
-  return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, n=cfg.group_size)
+def rollout_sampling(grpo_cfg) -> SamplingConfig:
+  """How config.grpo `grpo_cfg` samples: group_size completions of max_new_tokens per prompt."""
+  return SamplingConfig(max_new_tokens=grpo_cfg.max_new_tokens, temperature=grpo_cfg.temperature,
+                        top_p=grpo_cfg.top_p, n=grpo_cfg.group_size)
 
 
 def make_collect(ctx: StageContext):
   """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`."""
-  cfg = ctx.config.grpo
-  scale_by_std = grpo_config(cfg).scale_by_std
-  P, G = cfg.prompts_per_step, cfg.group_size
-  sampling = rollout_sampling(cfg)
-  n_rows = row_buckets(P * G, cfg.minibatches * batch_shards(ctx.mesh),
-                       compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")
+  grpo_cfg = ctx.config.grpo
+  scale_by_std = grpo_config(grpo_cfg).scale_by_std
+  P, G = grpo_cfg.prompts_per_step, grpo_cfg.group_size
+  sampling = rollout_sampling(grpo_cfg)
+  n_rows = row_buckets(P * G, grpo_cfg.minibatches * batch_shards(ctx.mesh),
+                       compact=grpo_cfg.dynamic_sampling and grpo_cfg.loss.loss_agg != "constant")
 
   def collect(params, step: int, rng: jax.Array) -> GRPOBatch:
     t0 = time.perf_counter()
     problems = ctx.problems("train", P, "grpo", step)
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
     ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, 0),
-                    batch_rows=int(cfg.rollout_rows))
+                    batch_rows=int(grpo_cfg.rollout_rows))
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
-                                     cfg.reward)
+                                     grpo_cfg.reward)
     adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
-    keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if cfg.dynamic_sampling
+    keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if grpo_cfg.dynamic_sampling
             else np.ones(P * G, bool))
     # Kept rows first, then as many dropped ones (masked out) as the row bucket needs.
     order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])[:n_rows(int(keep.sum()))]
@@ -110,16 +110,16 @@ def row_width(tokens: int) -> int:
   return -(-int(tokens) // 32) * 32
 
 
-def max_train_rows(cfg, mesh) -> int:
+def max_train_rows(grpo_cfg, mesh) -> int:
   """Rows of the largest batch `make_collect` lays out (every group kept): P x G."""
-  total = cfg.prompts_per_step * cfg.group_size
-  return row_buckets(total, cfg.minibatches * batch_shards(mesh),
-                     compact=cfg.dynamic_sampling and cfg.loss.loss_agg != "constant")(total)
+  total = grpo_cfg.prompts_per_step * grpo_cfg.group_size
+  return row_buckets(total, grpo_cfg.minibatches * batch_shards(mesh),
+                     compact=grpo_cfg.dynamic_sampling and grpo_cfg.loss.loss_agg != "constant")(total)
 
 
-def minibatch_rows(cfg, rows: int) -> int:
+def minibatch_rows(grpo_cfg, rows: int) -> int:
   """Rows of each update: the batch's `rows` split into grpo.minibatches."""
-  return rows // cfg.minibatches
+  return rows // grpo_cfg.minibatches
 
 
 def batch_shards(mesh) -> int:
@@ -156,14 +156,14 @@ def with_replay(loss_fn, weight: float, model_cfg):
   return fn
 
 
-def grpo_loss_fn(cfg, model_cfg):
-  """The GRPO stage's policy loss(params, batch, rng) for config.grpo `cfg` (without replay)."""
-  return functools.partial(grpo_loss, model_cfg=model_cfg, config=grpo_config(cfg))
+def grpo_loss_fn(grpo_cfg, model_cfg):
+  """The GRPO stage's policy loss(params, batch, rng) for config.grpo `grpo_cfg` (without replay)."""
+  return functools.partial(grpo_loss, model_cfg=model_cfg, config=grpo_config(grpo_cfg))
 
 
-def update_loss_fn(cfg, loss_fn, model_cfg):
+def update_loss_fn(grpo_cfg, loss_fn, model_cfg):
   """The loss each update runs: `loss_fn`, plus the replay term when grpo.replay_weight > 0."""
-  return with_replay(loss_fn, float(cfg.replay_weight), model_cfg) if cfg.replay_weight else loss_fn
+  return with_replay(loss_fn, float(grpo_cfg.replay_weight), model_cfg) if grpo_cfg.replay_weight else loss_fn
 
 
 def logprob_fn(model_cfg):
@@ -171,10 +171,10 @@ def logprob_fn(model_cfg):
   return lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0]
 
 
-def recomputes_old_logprobs(cfg, off_policy: bool = False, has_behaviour: bool = False) -> bool:
+def recomputes_old_logprobs(grpo_cfg, off_policy: bool = False, has_behaviour: bool = False) -> bool:
   """Whether `make_learn` adds old_logprobs to the batch (several updates per batch, or
   off-policy with behaviour log-probs)."""
-  return cfg.epochs * cfg.minibatches > 1 or (off_policy and has_behaviour)
+  return grpo_cfg.epochs * grpo_cfg.minibatches > 1 or (off_policy and has_behaviour)
 
 
 def replay_shape(config) -> tuple[int, int]:
@@ -185,13 +185,13 @@ def replay_shape(config) -> tuple[int, int]:
 def make_replay(ctx: StageContext):
   """replay(step, update) -> a batch of `grpo.replay_batch_size` packed SFT rows, or None when
   `grpo.replay_weight` is 0. The solutions are drawn from a training split of their own."""
-  cfg = ctx.config.grpo
-  if not cfg.replay_weight:
+  grpo_cfg = ctx.config.grpo
+  if not grpo_cfg.replay_weight:
     return None
-  problems = ctx.problems("train", cfg.replay_problems, "grpo-replay")
+  problems = ctx.problems("train", grpo_cfg.replay_problems, "grpo-replay")
   n, seq_len = replay_shape(ctx.config)
   rows = pack_sequences(sft_examples(ctx, problems), seq_len, ctx.tokenizer.pad_id)
-  per_step = cfg.epochs * cfg.minibatches
+  per_step = grpo_cfg.epochs * grpo_cfg.minibatches
 
   def replay(step: int, update: int) -> dict:
     idx = epoch_batches(len(rows["tokens"]), n, step * per_step + update, ctx.config.seed + 2)
@@ -212,10 +212,10 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
   `ref_params` is the KL reference: params, or a function of the state (under LoRA the state's
   frozen base, read at every step: no copy of the weights is kept).
   """
-  cfg = ctx.config.grpo
+  grpo_cfg = ctx.config.grpo
   replay = make_replay(ctx)
-  loss_fn = update_loss_fn(cfg, loss_fn, ctx.model_cfg)
-  budget = int(cfg.tokens_per_device)
+  loss_fn = update_loss_fn(grpo_cfg, loss_fn, ctx.model_cfg)
+  budget = int(grpo_cfg.tokens_per_device)
   train_step = make_train_step(loss_fn, optimizer, mesh=ctx.mesh,
                                param_shardings=train_shardings(ctx), tokens_per_device=budget)
   logprobs = make_eval_fn(logprob_fn(ctx.model_cfg), mesh=ctx.mesh, tokens_per_device=budget)
@@ -224,7 +224,7 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
             behaviour_logprobs: Optional[np.ndarray] = None):
     t0 = time.perf_counter()
     batch = dict(gb.rows)
-    if recomputes_old_logprobs(cfg, off_policy, behaviour_logprobs is not None):
+    if recomputes_old_logprobs(grpo_cfg, off_policy, behaviour_logprobs is not None):
       batch["old_logprobs"] = to_host(logprobs(policy_params(state), batch))
     if off_policy and behaviour_logprobs is not None:
       batch["behaviour_logprobs"] = behaviour_logprobs
@@ -234,8 +234,8 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
     metrics = {}
     if gb.any_kept:
       extra = None if replay is None else (lambda k: {"replay": replay(step, k)})
-      state, updates = run_epochs(train_step, state, batch, rng, epochs=cfg.epochs,
-                                  minibatches_per_epoch=cfg.minibatches, seed=step, extra=extra)
+      state, updates = run_epochs(train_step, state, batch, rng, epochs=grpo_cfg.epochs,
+                                  minibatches_per_epoch=grpo_cfg.minibatches, seed=step, extra=extra)
       metrics = updates[-1]
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
@@ -246,11 +246,11 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
 
 
 def run_grpo(ctx: StageContext, params, rng: jax.Array):
-  cfg = ctx.config.grpo
-  loss_cfg = grpo_config(cfg)
-  optimizer = make_optimizer(cfg.optim)
+  grpo_cfg = ctx.config.grpo
+  loss_cfg = grpo_config(grpo_cfg)
+  optimizer = make_optimizer(grpo_cfg.optim)
   state = init_stage_state(ctx, "grpo", params, optimizer)
-  loss_fn = grpo_loss_fn(cfg, ctx.model_cfg)
+  loss_fn = grpo_loss_fn(grpo_cfg, ctx.model_cfg)
   collect = make_collect(ctx)
   reference = reference_params if state.frozen is not None else params
   learn = make_learn(ctx, optimizer, loss_fn, ref_params=reference if loss_cfg.beta > 0 else None)
@@ -258,7 +258,7 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
   def step_fn(state, step, rng):
     return learn(state, collect(policy_params(state), step, rng), step, rng)
 
-  state = train_loop("grpo", state, step_fn, cfg.steps, stage_dir=ctx.stage_dir("grpo"),
+  state = train_loop("grpo", state, step_fn, grpo_cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
                      checkpoint_every=ctx.config.checkpoint_every)
   return stage_result(ctx, state)

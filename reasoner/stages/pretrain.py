@@ -10,7 +10,6 @@ a random base would learn nothing useful); the later stages then train adapters 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
@@ -34,10 +33,12 @@ def corpus(ctx: StageContext, n: int) -> list[str]:
   return [corpus_document(p) for p in ctx.problems("train", n, "pretrain")]
 
 
-def run_pretrain(ctx: StageContext, rng: jax.Array):
-  cfg = ctx.config.pretrain
-  ctx = dataclasses.replace(ctx, model_cfg=ctx.model_cfg.replace(lora_rank=0))
-  docs = corpus(ctx, cfg.n_documents)
+def run_pretrain(ctx: StageContext, params, rng: jax.Array):
+  """M0: `params` (None: a fresh initialisation of ctx.model_cfg) trained on the corpus."""
+  pretrain_cfg = ctx.config.pretrain
+  ctx = ctx.for_model(ctx.model_cfg.replace(lora_rank=0))
+  docs = corpus(ctx, pretrain_cfg.n_documents)
   examples = [([], ctx.tokenizer.encode(d) + [ctx.tokenizer.eos_id]) for d in docs]
-  params = sharded_init(ctx.model_cfg, jax.random.fold_in(rng, 0), ctx.mesh)
-  return run_supervised(ctx, "pretrain", params, examples, cfg, jax.random.fold_in(rng, 1))
+  if params is None:
+    params = sharded_init(ctx.model_cfg, jax.random.fold_in(rng, 0), ctx.mesh)
+  return run_supervised(ctx, "pretrain", params, examples, pretrain_cfg, jax.random.fold_in(rng, 1))

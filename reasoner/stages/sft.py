@@ -13,6 +13,6 @@ def sft_examples(ctx: StageContext, problems) -> list[tuple[list[int], list[int]
 
 
 def run_sft(ctx: StageContext, params, rng: jax.Array):
-  cfg = ctx.config.sft
-  problems = ctx.problems("train", cfg.n_examples, "sft")
-  return run_supervised(ctx, "sft", params, sft_examples(ctx, problems), cfg, rng)
+  sft_cfg = ctx.config.sft
+  problems = ctx.problems("train", sft_cfg.n_examples, "sft")
+  return run_supervised(ctx, "sft", params, sft_examples(ctx, problems), sft_cfg, rng)

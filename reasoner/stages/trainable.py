@@ -3,7 +3,7 @@
 With `ctx.model_cfg.lora_rank` > 0 a stage runs "LoRA per stage":
   state     TrainState.params = fresh adapters ({"layers": {"lora": ...}}, float32, optimiser
             state for them only); TrainState.frozen = the weights the stage starts from, stored
-            in `cfg.param_dtype` (bfloat16 for the 7B / 8B presets) and never donated or copied.
+            in `model_cfg.param_dtype` (bfloat16 for the 7B / 8B presets) and never donated or copied.
   forward   losses and rollouts run `model_params(state)` = base + adapters.
   reference adapters off = `state.frozen` itself (the stage's starting model): the GRPO KL and
             DPO reference, with no second copy of the weights.
@@ -43,11 +43,11 @@ def train_shardings(ctx: StageContext):
 
 def frozen_base(ctx: StageContext, params):
   """The stage's input as a LoRA base: adapters it may carry folded in, weights cast to
-  cfg.param_dtype (no copy when they already are)."""
-  cfg = ctx.model_cfg
+  model_cfg.param_dtype (no copy when they already are)."""
+  model_cfg = ctx.model_cfg
   if lora.has_lora(params):
-    params = lora.merge_lora(params, cfg)
-  dt = jnp.dtype(cfg.param_dtype)
+    params = lora.merge_lora(params, model_cfg)
+  dt = jnp.dtype(model_cfg.param_dtype)
   return jax.tree.map(lambda x: x if x.dtype == dt else x.astype(dt), params)
 
 
@@ -56,15 +56,15 @@ def init_stage_state(ctx: StageContext, stage: str, params, optimizer) -> TrainS
   into their shards from a seed of (config.seed, stage)."""
   if not uses_lora(ctx):
     return init_train_state(params, optimizer, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
-  cfg = ctx.model_cfg
+  model_cfg = ctx.model_cfg
   base = frozen_base(ctx, params)
   rng = jax.random.PRNGKey(stable_seed(ctx.config.seed, stage, "lora"))
   shardings = train_shardings(ctx)
-  adapters = jax.jit(lambda r: lora.init_lora(cfg, r), out_shardings=shardings)(rng)
+  adapters = jax.jit(lambda r: lora.init_lora(model_cfg, r), out_shardings=shardings)(rng)
   n_base = sum(x.size for x in jax.tree.leaves(base))
-  print(f"[{stage}] LoRA rank {cfg.lora_rank} (alpha {cfg.lora_alpha:g}) on "
-        f"{','.join(lora.lora_targets(cfg))}: training {lora.lora_param_count(cfg):,} adapter "
-        f"params on a frozen {cfg.param_dtype} base of {n_base:,}", flush=True)
+  print(f"[{stage}] LoRA rank {model_cfg.lora_rank} (alpha {model_cfg.lora_alpha:g}) on "
+        f"{','.join(lora.lora_targets(model_cfg))}: training {lora.lora_param_count(model_cfg):,} adapter "
+        f"params on a frozen {model_cfg.param_dtype} base of {n_base:,}", flush=True)
   return init_train_state(adapters, optimizer, mesh=ctx.mesh, param_shardings=shardings,
                           frozen=base, frozen_shardings=None if ctx.mesh is None
                           else ctx.param_shardings)
