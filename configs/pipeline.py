@@ -5,22 +5,43 @@ Usage:
   python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/tiny --config.stages=grpo
   python -m launch.main --config=configs/pipeline.py:tiny --workdir=runs/r1zero --config.r1_zero=True
 
-Presets: tiny (CPU, minutes), qwen2_5_0_5b_gsm8k, qwen2_5_7b_gsm8k, llama3_1_8b_gsm8k.
+Presets: tiny (CPU, minutes), tiny_smoke (tiny at test size, about a minute), qwen2_5_0_5b_gsm8k,
+qwen2_5_7b_gsm8k, llama3_1_8b_gsm8k.
 Every field can be overridden with --config.a.b=value, e.g. --config.model.lora_rank=8 to train
 LoRA adapters instead of every weight (reasoner/stages/trainable.py).
 """
 
+import dataclasses
+
 from ml_collections import ConfigDict
 
+from reasoner.losses.dpo import DPOConfig
+from reasoner.losses.grpo import GRPOConfig
 from reasoner.model.config import PRESETS as MODEL_PRESETS
+from reasoner.rewards.composite import RewardConfig
+from reasoner.train.optim import OptimConfig
 
-PIPELINE_PRESETS = ("tiny", "qwen2_5_0_5b_gsm8k", "qwen2_5_7b_gsm8k", "llama3_1_8b_gsm8k")
+PIPELINE_PRESETS = ("tiny", "tiny_smoke", "qwen2_5_0_5b_gsm8k", "qwen2_5_7b_gsm8k",
+                    "llama3_1_8b_gsm8k")
+
+
+def _fields(cls, **overrides) -> ConfigDict:
+  """A config block holding every field of the dataclass `cls`: its defaults (their one home,
+  with their documentation) and the preset's `overrides`. The stage builds `cls` from the block,
+  so a misspelt or invalid field fails validation with the dataclass's own message."""
+  values = {f.name: f.default for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - set(values))
+  if unknown:
+    raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+  values.update(overrides)
+  return ConfigDict(values)
 
 
 def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine"):
-  return ConfigDict(dict(learning_rate=lr, warmup_steps=warmup, total_steps=steps, schedule=schedule,
-                         weight_decay=wd, b1=0.9, b2=0.95, eps=1e-8, grad_clip=clip,
-                         grad_accum_steps=accum))
+  """AdamW after global-norm clipping (reasoner.train.optim.OptimConfig): peak rate `lr`, linear
+  warmup over `warmup` updates, then `schedule` (constant | cosine | linear) over `steps`."""
+  return _fields(OptimConfig, learning_rate=lr, warmup_steps=warmup, total_steps=steps,
+                 schedule=schedule, weight_decay=wd, grad_clip=clip, grad_accum_steps=accum)
 
 
 def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
@@ -35,62 +56,72 @@ def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
 
 
 def tiny() -> ConfigDict:
+  """The README's run: a 4M-parameter model pre-trained here, every stage in minutes on CPU."""
   c = ConfigDict()
   c.preset = "tiny"
-  c.seed = 0
+  c.seed = 0  # seeds every stage (data order, sampling, initialisation)
   # Comma-separated subset of: pretrain, sft, grpo, distill, dpo ("all" = every stage).
   c.stages = "all"
   # R1-Zero: GRPO straight from M0 (skips SFT).
   c.r1_zero = False
 
+  # The decoder (reasoner.model.config.ModelConfig: every field is documented there).
   c.model = ConfigDict(MODEL_PRESETS["tiny"])
   c.model.preset = "tiny"
   _lora(c.model)  # full fine-tuning; --config.model.lora_rank=8 trains adapters instead
   # Where M0 comes from: "pretrain" (the pipeline pre-trains it on the task corpus) or a
   # model directory / Hugging Face folder path.
   c.init = "pretrain"
+  # Device mesh axis sizes (reasoner.sharding): -1 takes the devices the others leave.
   c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
+  # kind: sentencepiece (trained on the task corpus into WORKDIR/tokenizer, vocab_size pieces) |
+  # from_init (the tokenizer of the `init` folder) | dir (a saved tokenizer at `path`).
+  # template: the chat template prompts are written in (reasoner.tokenizer.template).
   c.tokenizer = ConfigDict(dict(kind="sentencepiece", path="", vocab_size=512, template="plain"))
 
   c.data = ConfigDict()
   c.data.source = "procedural"  # procedural | gsm8k | jsonl
   # Countdown and modular_arithmetic are available too; the tiny model learns these two in minutes.
   c.data.tasks = "arithmetic,linear_equation"
-  c.data.difficulty = 1
+  c.data.difficulty = 1  # procedural tasks' difficulty level (larger numbers, more steps)
   c.data.path = ""  # JSONL file or TFDS data_dir
   c.data.preferences_path = ""  # optional JSONL of {prompt, chosen, rejected} for DPO
 
+  # Supervised stages: `steps` optimiser updates of `batch_size` packed rows of `seq_len` tokens.
   # Every training stage's `tokens_per_device`: the most tokens one device runs forward and
   # backward at a time; a batch with more is split into micro-batches whose gradients are
   # accumulated in the same step (0 = the whole batch at once). The batch size is the
   # optimisation setting, this the memory one (size it with `python -m launch.plan`).
+  # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags).
   c.pretrain = ConfigDict(dict(steps=1000, batch_size=32, seq_len=128, n_documents=20000,
                                tokens_per_device=0, optim=_optim(3e-3, 1000, warmup=50, wd=0.01)))
+  # SFT: on the reference solutions of `n_examples` training problems, loss on the response.
   c.sft = ConfigDict(dict(steps=150, batch_size=32, seq_len=128, n_examples=1500,
                           tokens_per_device=0, optim=_optim(1e-3, 150, warmup=10)))
 
   c.grpo = ConfigDict()
-  c.grpo.steps = 60
-  c.grpo.prompts_per_step = 32
-  c.grpo.group_size = 8
-  c.grpo.max_new_tokens = 64
+  c.grpo.steps = 60  # GRPO steps: one batch of rollouts each
+  c.grpo.prompts_per_step = 32  # problems sampled per step
+  c.grpo.group_size = 8  # completions per problem (G), advantages normalised within the group
+  c.grpo.max_new_tokens = 64  # the longest completion sampled
   # Prompt tokens a GRPO row is planned for (`launch.plan`: row width = this + max_new_tokens,
   # rounded up to 32). Longer prompts still run; the memory plan just no longer covers them.
   c.grpo.max_prompt_tokens = 64
   c.grpo.tokens_per_device = 0  # also bounds the old / reference log-prob passes
   c.grpo.rollout_rows = 0  # rows per sampler call (bounds the KV cache); 0 = the whole step
-  c.grpo.temperature = 1.0
-  c.grpo.top_p = 1.0
+  c.grpo.temperature = 1.0  # sampling temperature of the rollouts
+  c.grpo.top_p = 1.0  # nucleus sampling of the rollouts; 1 = off
   c.grpo.epochs = 1  # optimisation epochs over each batch of rollouts
   c.grpo.minibatches = 4  # updates per batch of rollouts (per epoch)
   c.grpo.dynamic_sampling = True  # drop groups whose rewards are all equal (DAPO)
-  c.grpo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.0, kl_estimator="k3",
-                                loss_agg="token_mean", constant_norm=64.0, scale_by_std=True,
-                                entropy_coef=-0.5))
-  c.grpo.reward = ConfigDict(dict(w_out=1.0, w_proc=0.2, w_format=1.0, w_lang=0.0, l_cost=0.0,
-                                  l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
-                                  overlong_buffer=0))
+  # The policy loss (reasoner.losses.grpo.GRPOConfig, whose defaults are the GRPO paper's). The
+  # tiny model's settings: DAPO's clip-higher and token-mean aggregation, no KL term, and
+  # entropy minimisation (BUILD_NOTES "GRPO with SFT replay and an entropy term").
+  c.grpo.loss = _fields(GRPOConfig, epsilon_high=0.28, beta=0.0, loss_agg="token_mean",
+                        constant_norm=64.0, entropy_coef=-0.5)
+  # The reward (reasoner.rewards.composite.RewardConfig): accuracy + 0.2 x format, no token cost.
+  c.grpo.reward = _fields(RewardConfig, w_proc=0.2, l_cost=0.0)
   # The tiny model's GRPO (BUILD_NOTES "GRPO with SFT replay and an entropy term"): lr 2e-4 with
   # the replay term below and entropy minimisation; without the replay, rates above 5e-5 lose
   # accuracy.
@@ -106,11 +137,13 @@ def tiny() -> ConfigDict:
   c.grpo.async_rl = ConfigDict(dict(enabled=False, max_staleness=1, is_clip=2.0, actor_devices=0))
 
   c.distill = ConfigDict()
-  c.distill.n_problems = 1200
+  c.distill.n_problems = 1200  # training problems the teacher (M2) samples
   c.distill.samples_per_problem = 4
-  c.distill.temperature = 0.8
+  c.distill.temperature = 0.8  # the teacher's sampling temperature
+  c.distill.max_new_tokens = 64  # the longest sample
   c.distill.init_from = "sft"  # sft | pretrain | grpo: the student's starting point
   c.distill.student = ""  # model preset for a smaller student; "" = same shape as the teacher
+  # SFT of the student on the kept samples, as for the supervised stages above.
   c.distill.steps = 200
   c.distill.batch_size = 32
   c.distill.seq_len = 128
@@ -118,28 +151,59 @@ def tiny() -> ConfigDict:
   c.distill.optim = _optim(1e-3, 200, warmup=10)
 
   c.dpo = ConfigDict()
-  c.dpo.n_problems = 600
+  c.dpo.n_problems = 600  # training problems M3 samples preference pairs from
   c.dpo.samples_per_problem = 4
-  c.dpo.temperature = 1.0
-  c.dpo.steps = 60
+  c.dpo.temperature = 1.0  # M3's sampling temperature for the pairs
+  c.dpo.max_new_tokens = 64  # the longest sample
+  c.dpo.steps = 60  # updates of `batch_size` pairs (and as many replay rows) of `seq_len` tokens
   c.dpo.batch_size = 16
   c.dpo.seq_len = 128
   c.dpo.tokens_per_device = 0  # a pair counts its chosen and rejected tokens
-  c.dpo.beta = 0.1
-  c.dpo.loss_type = "sigmoid"
-  c.dpo.label_smoothing = 0.0
-  c.dpo.nll_weight = 1.0  # RPO: weight of the chosen responses' per-token NLL
+  # The loss (reasoner.losses.dpo.DPOConfig): beta 0.1, sigmoid; here with RPO's NLL term
+  # (nll_weight: weight of the chosen responses' per-token NLL).
+  c.dpo.loss = _fields(DPOConfig, nll_weight=1.0)
   c.dpo.replay_weight = 0.5  # weight of the SFT loss on replayed earlier data
   c.dpo.optim = _optim(1e-5, 60, warmup=5, schedule="constant")
 
+  # Held-out evaluation of every stage's model: `n_problems` test problems, greedy and `k`
+  # samples at `temperature` (pass@1, maj@k, pass@k), `batch_size` rows per sampler call.
   c.eval = ConfigDict(dict(n_problems=256, k=4, temperature=1.0, max_new_tokens=64, batch_size=256))
   # The hardware the run is planned for (`python -m launch.plan`): `devices` chips of `memory_gib`
   # each; a program fits when its per-device peak (plus the buffers the stage keeps alive beside
   # it) stays under `budget_gib`, the share of memory we allow ourselves (the rest is headroom for
   # the runtime, fragmentation and the estimate's error).
   c.hardware = ConfigDict(dict(name="cpu", devices=1, memory_gib=16.0, budget_gib=16.0))
-  c.log_every = 10
-  c.checkpoint_every = 50
+  c.log_every = 10  # steps between metrics lines / progress output
+  c.checkpoint_every = 50  # steps between checkpoints of a stage (a rerun resumes from the last)
+  return c
+
+
+def tiny_smoke() -> ConfigDict:
+  """The tiny pipeline at smoke size, about a minute on CPU (the tests and the notebooks' smoke
+  mode): a 2-layer model, one task with small answers (so that a briefly trained model gets a
+  few right, which rejection sampling and DPO need) and a handful of steps per stage.
+  Pre-training, SFT and distillation share one optimiser setting and batch shape, and every
+  sampling call 64 prompts x 4 samples, so they share compiled programs. It learns little."""
+  c = tiny()
+  c.preset = "tiny_smoke"
+  c.model.update(dict(vocab_size=384, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=16, d_ff=192))
+  c.tokenizer.vocab_size = 384
+  c.data.tasks = "modular_arithmetic"
+  for stage in (c.pretrain, c.sft, c.distill):
+    stage.update(dict(batch_size=8, seq_len=128))
+    stage.optim.update(dict(learning_rate=3e-3, total_steps=80, warmup_steps=10,
+                            weight_decay=0.0))
+  c.pretrain.update(dict(steps=40, n_documents=1000))
+  c.sft.update(dict(steps=80, n_examples=600))
+  c.grpo.update(dict(steps=4, prompts_per_step=8, group_size=4, max_new_tokens=32))
+  c.grpo.optim.update(dict(total_steps=4, warmup_steps=1))
+  c.distill.update(dict(n_problems=64, temperature=1.0, steps=10, max_new_tokens=32))
+  c.dpo.update(dict(n_problems=128, steps=4, batch_size=8, max_new_tokens=32))
+  c.dpo.optim.update(dict(total_steps=4, warmup_steps=1))
+  c.eval.update(dict(n_problems=64, k=4, max_new_tokens=32))
+  c.log_every = 2
+  c.checkpoint_every = 1000
   return c
 
 
@@ -169,12 +233,12 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.grpo.loss.beta = 0.001
   c.grpo.loss.entropy_coef = 0.0  # the tiny preset's entropy and replay terms are tuned for it only
   c.grpo.replay_weight = 0.0
-  c.dpo.nll_weight = 0.0
+  c.dpo.loss.nll_weight = 0.0
   c.grpo.loss.constant_norm = 768.0
   c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant")
   c.distill.update(dict(n_problems=7473, samples_per_problem=4, steps=500, batch_size=64,
-                        seq_len=seq, optim=_optim(1e-5 * lr_scale, 500, warmup=25)))
-  c.dpo.update(dict(n_problems=2000, steps=200, batch_size=32, seq_len=seq,
+                        seq_len=seq, max_new_tokens=768, optim=_optim(1e-5 * lr_scale, 500, warmup=25)))
+  c.dpo.update(dict(n_problems=2000, steps=200, batch_size=32, seq_len=seq, max_new_tokens=768,
                     optim=_optim(5e-7 * lr_scale, 200, warmup=10, schedule="constant")))
   c.eval.update(dict(n_problems=1319, k=8, max_new_tokens=768, batch_size=128))
   c.checkpoint_every = 100
@@ -189,6 +253,8 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
 def get_config(preset: str = "tiny") -> ConfigDict:
   if preset == "tiny":
     return tiny()
+  if preset == "tiny_smoke":
+    return tiny_smoke()
   # One 16 GiB chip (a Colab T4 or a TPU v5e-1), 12 GiB of it planned for.
   small = _hardware("colab-t4 / tpu-v5e-1", devices=1, memory_gib=16.0, budget_gib=12.0)
   # A TPU v4-8: 4 chips of 32 GiB, 24 GiB of each planned for.

@@ -30,8 +30,25 @@ def test_unknown_preset_and_bad_fields_are_named():
     validate_config(cfg)
   cfg = pipeline_configs.get_config("tiny")
   cfg.grpo.loss.loss_agg = "mean"
-  with pytest.raises(ValueError, match="config.grpo.loss.loss_agg='mean' is not one of"):
+  with pytest.raises(ValueError, match="config.grpo.loss: unknown loss_agg 'mean'"):
     validate_config(cfg)
+  # Blocks a dataclass owns are checked by building it: its own choices, ranges and field names.
+  for key, value, message in (("dpo.loss.loss_type", "hinge", "config.dpo.loss: unknown DPO loss_type"),
+                              ("sft.optim.schedule", "cosin", "config.sft.optim: unknown schedule"),
+                              ("grpo.loss.epsilon_low", -0.1, "config.grpo.loss: epsilon_low"),
+                              ("grpo.reward.w_proc", "x", None)):
+    cfg = pipeline_configs.get_config("tiny")
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    if message is None:  # the ConfigDict itself refuses a value of the wrong type
+      with pytest.raises(TypeError):
+        node[leaf] = value
+      continue
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+      validate_config(cfg)
   cfg = pipeline_configs.get_config("tiny")
   cfg.grpo.group_size = 1
   with pytest.raises(ValueError, match="group_size must be >= 2"):
@@ -107,3 +124,36 @@ def test_metrics_writer_and_plots(tmp_path, capsys):
   Progress("sft", total=20, every=10).update(10, {"loss": 1.5})
   out = capsys.readouterr().out
   assert "[sft] step 10/20 (50%) loss=1.5" in out and "ETA" in out
+
+
+def test_config_blocks_hold_their_dataclass_defaults():
+  """Each value has one home: a block built from a dataclass holds every field of it, equal to
+  the dataclass default unless the preset overrides it; and no stage reads another's block."""
+  import dataclasses
+  import pathlib
+
+  from reasoner.losses.dpo import DPOConfig
+  from reasoner.losses.grpo import GRPOConfig
+  from reasoner.rewards.composite import RewardConfig
+  from reasoner.train.optim import OptimConfig
+
+  tiny = pipeline_configs.get_config("tiny")
+  overrides = {"grpo.loss": {"epsilon_high", "beta", "loss_agg", "constant_norm", "entropy_coef"},
+               "grpo.reward": {"w_proc", "l_cost"}, "dpo.loss": {"nll_weight"}}
+  for key, cls in (("grpo.loss", GRPOConfig), ("grpo.reward", RewardConfig), ("dpo.loss", DPOConfig),
+                   ("sft.optim", OptimConfig)):
+    block = tiny[key.split(".")[0]][key.split(".")[1]].to_dict()
+    assert set(block) == {f.name for f in dataclasses.fields(cls)}, key
+    differ = {f.name for f in dataclasses.fields(cls) if block[f.name] != f.default}
+    if key in overrides:
+      assert differ == overrides[key], key
+  # Every preset builds and validates, the smoke preset included.
+  for preset in pipeline_configs.PIPELINE_PRESETS:
+    cfg = pipeline_configs.get_config(preset)
+    if cfg.init == "":
+      cfg.init = "/models/some-folder"
+    validate_config(cfg)
+  # Sampling lengths are per stage: distillation and DPO do not read config.grpo.
+  stages = pathlib.Path(__file__).parent.parent / "reasoner" / "stages"
+  for name in ("distill.py", "dpo.py", "sft.py", "pretrain.py"):
+    assert "config.grpo" not in (stages / name).read_text(), name

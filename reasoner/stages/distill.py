@@ -42,7 +42,7 @@ def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temper
 
 
 # distill.init_from -> the model the student starts from.
-_INIT_MODELS = {"sft": "sft", "pretrain": "m0", "grpo": "grpo"}
+INIT_MODELS = {"sft": "sft", "pretrain": "m0", "grpo": "grpo"}
 
 
 def student_config(config: ConfigDict, teacher_cfg: ModelConfig) -> Optional[ModelConfig]:
@@ -64,7 +64,7 @@ def initial_student(ctx: StageContext, rng: jax.Array):
   student_cfg = student_config(ctx.config, ctx.model_cfg)
   if student_cfg is not None:
     return sharded_init(student_cfg, jax.random.fold_in(rng, 7), ctx.mesh), ctx.for_model(student_cfg)
-  params, _ = load_stage_model(ctx, _INIT_MODELS[ctx.config.distill.init_from])
+  params, _ = load_stage_model(ctx, INIT_MODELS[ctx.config.distill.init_from])
   return params, ctx
 
 

@@ -95,8 +95,7 @@ def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
 def dpo_train_loss(dpo_cfg, model_cfg):
   """The DPO stage's loss(params, batch, rng) for config.dpo `dpo_cfg`: DPO on batch["pairs"] (chosen,
   rejected, ref_chosen_logps, ref_rejected_logps) + replay_weight x the SFT loss on batch["replay"]."""
-  loss_cfg = DPOConfig(beta=dpo_cfg.beta, loss_type=dpo_cfg.loss_type, label_smoothing=dpo_cfg.label_smoothing,
-                      nll_weight=dpo_cfg.nll_weight)
+  loss_cfg = DPOConfig.from_dict(dpo_cfg.loss)
 
   def loss_fn(p, batch, rng):
     return dpo_loss(p, batch["pairs"], rng, model_cfg=model_cfg, config=loss_cfg,
