@@ -105,7 +105,7 @@ def _load_or_train_prm(policy, ctx, model_dir, seed):
   return prm
 
 
-def run(cfg, model_dir: str) -> dict:
+def run(config, model_dir: str) -> dict:
   import jax
 
   from reasoner import sharding
@@ -117,16 +117,16 @@ def run(cfg, model_dir: str) -> dict:
                             prm_search)
   from reasoner.tts.best_of_n import correctness
 
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   params, model_cfg, tokenizer, _ = load_model(model_dir, mesh=mesh)
   if tokenizer is None:
     raise FileNotFoundError(f"{model_dir} has no tokenizer/ directory")
-  e = cfg.eval
-  seed = cfg.seed if _SEED.value is None else _SEED.value
+  e = config.eval
+  seed = config.seed if _SEED.value is None else _SEED.value
   temperature = e.temperature if _TEMPERATURE.value is None else _TEMPERATURE.value
   max_new = e.max_new_tokens if _MAX_NEW.value is None else _MAX_NEW.value
-  policy = Policy(params, model_cfg, tokenizer, cfg.tokenizer.template, mesh, e.batch_size)
-  ctx = StageContext(cfg, os.path.dirname(model_dir), mesh, model_cfg, tokenizer, writer=None)
+  policy = Policy(params, model_cfg, tokenizer, config.tokenizer.template, mesh, e.batch_size)
+  ctx = StageContext(config, os.path.dirname(model_dir), mesh, model_cfg, tokenizer, writer=None)
   problems = held_out_problems(ctx, _NUM_PROBLEMS.value or e.n_problems)
   rng = jax.random.PRNGKey(seed)
   sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature)

@@ -157,3 +157,34 @@ def test_config_blocks_hold_their_dataclass_defaults():
   stages = pathlib.Path(__file__).parent.parent / "reasoner" / "stages"
   for name in ("distill.py", "dpo.py", "sft.py", "pretrain.py"):
     assert "config.grpo" not in (stages / name).read_text(), name
+
+
+def test_stage_table():
+  """The pipeline walks one table: each stage starts from a model an earlier stage made, and the
+  distillation stage tells the pipeline the shape of the student it returns."""
+  import inspect
+
+  from reasoner import stages
+  from reasoner.model.config import get_config as model_config
+
+  made = []
+  for stage in stages.STAGES:
+    assert len(inspect.signature(stage.run).parameters) == 3, stage.name  # (ctx, params, rng)
+    parent = stage.parent_model(pipeline_configs.get_config("tiny"))
+    assert parent is None and not made or parent in made, (stage.name, parent)
+    made.append(stage.model)
+  assert stages.STAGE_NAMES == ("pretrain", "sft", "grpo", "distill", "dpo")
+  r1 = pipeline_configs.get_config("tiny")
+  r1.r1_zero = True
+  assert stages.get_stage("grpo").parent_model(r1) == "m0"
+  with pytest.raises(ValueError, match="unknown stage 'rl'"):
+    stages.get_stage("rl")
+
+  config = pipeline_configs.get_config("tiny")
+  teacher = model_config("tiny")
+  ctx = stages.StageContext(config, "/unused", None, teacher, None, None)
+  distill = stages.get_stage("distill")
+  assert distill.output_config(ctx) == teacher
+  config.distill.student = "qwen2_5_0_5b"
+  student = distill.output_config(ctx)
+  assert student == model_config("qwen2_5_0_5b", vocab_size=teacher.vocab_size) != teacher

@@ -14,7 +14,7 @@ import pytest
 from reasoner.data.problem import Problem
 from reasoner.data.tasks import TASKS, get_task, mixture
 from reasoner.model import get_config, init_params
-from reasoner.rewards.verify import extract_answer
+from reasoner.verify.answers import extract_answer
 from reasoner.sampling import SamplingConfig
 from reasoner.tokenizer import format_prompt, train_sentencepiece
 from reasoner.tts import (Policy, Samples, beam_search, best_of_n, best_of_n_metrics,

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from reasoner.rewards.verify import (answers_equal, extract_answer, math_accuracy,
+from reasoner.verify.answers import (answers_equal, extract_answer, math_accuracy,
                                      normalize_answer, to_sympy_syntax)
 
 # (prediction, reference, equal?) -- decisions documented in reasoner/rewards/verify.py.

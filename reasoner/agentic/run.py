@@ -26,24 +26,24 @@ from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentence
 ALGOS = ("grpo", "ppo")
 
 
-def build_tokenizer(cfg, workdir: str):
+def build_tokenizer(config, workdir: str):
   path = os.path.join(workdir, "tokenizer")
   if os.path.exists(os.path.join(path, "tokenizer.model")):
     return load_tokenizer(path)
-  problems = train_problems(make_task(cfg), cfg, cfg.tokenizer.n_problems, "tokenizer")
-  return train_sentencepiece(tokenizer_corpus(problems, cfg.env.template), path,
-                             vocab_size=cfg.tokenizer.vocab_size)
+  problems = train_problems(make_task(config), config, config.tokenizer.n_problems, "tokenizer")
+  return train_sentencepiece(tokenizer_corpus(problems, config.env.template), path,
+                             vocab_size=config.tokenizer.vocab_size)
 
 
-def build_model_config(cfg, tokenizer) -> ModelConfig:
-  fields = cfg.model.to_dict()
+def build_model_config(config, tokenizer) -> ModelConfig:
+  fields = config.model.to_dict()
   if not fields.get("vocab_size"):
     fields["vocab_size"] = padded_vocab_size(tokenizer.vocab_size)
   model_cfg = ModelConfig.from_dict(fields)
   if model_cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
                      f"tokenizer's {tokenizer.vocab_size} tokens")
-  need = cfg.rollout.max_len + cfg.rollout.max_new_tokens
+  need = config.rollout.max_len + config.rollout.max_new_tokens
   if model_cfg.max_seq_len < need:
     raise ValueError(f"config.model.max_seq_len={model_cfg.max_seq_len} < rollout.max_len + "
                      f"rollout.max_new_tokens = {need}")
@@ -77,18 +77,18 @@ def format_report(report: dict) -> str:
   return "\n".join(lines)
 
 
-def run_agentic(cfg, workdir: str) -> dict:
+def run_agentic(config, workdir: str) -> dict:
   """Runs (or resumes) the whole agentic experiment; returns {model: {with_tools, without_tools}}."""
-  if cfg.algo not in ALGOS:
-    raise ValueError(f"unknown config.algo {cfg.algo!r}; expected one of {ALGOS}")
+  if config.algo not in ALGOS:
+    raise ValueError(f"unknown config.algo {config.algo!r}; expected one of {ALGOS}")
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  tokenizer = build_tokenizer(cfg, workdir)
-  model_cfg = build_model_config(cfg, tokenizer)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  tokenizer = build_tokenizer(config, workdir)
+  model_cfg = build_model_config(config, tokenizer)
   writer = MetricsWriter(workdir)
-  rng = jax.random.PRNGKey(cfg.seed)
-  task = make_task(cfg)
+  rng = jax.random.PRNGKey(config.seed)
+  task = make_task(config)
   stage_dir = lambda name: os.path.join(workdir, "stages", name)
   final = lambda name: os.path.join(stage_dir(name), "final")
   has = lambda name: os.path.exists(os.path.join(final(name), "model_config.json"))
@@ -101,38 +101,38 @@ def run_agentic(cfg, workdir: str) -> dict:
     os.makedirs(stage_dir(name), exist_ok=True)
     params = train(parent_params)
     save_model(final(name), params, model_cfg, tokenizer=tokenizer,
-               metadata={"stage": name, "seed": cfg.seed, "agentic": True})
+               metadata={"stage": name, "seed": config.seed, "agentic": True})
     timings[name] = time.time() - start
     return params
 
   def sft(_):
     params = sharding.sharded_init(model_cfg, jax.random.fold_in(rng, 0), mesh)
-    return run_agentic_sft(params, model_cfg, demo_rows(task, tokenizer, cfg), cfg,
+    return run_agentic_sft(params, model_cfg, demo_rows(task, tokenizer, config), config,
                            jax.random.fold_in(rng, 1), stage_dir=stage_dir("sft"), writer=writer,
                            mesh=mesh)
 
   def rl(params):
-    run = run_agentic_grpo if cfg.algo == "grpo" else run_agentic_ppo
-    return run(params, model_cfg, tokenizer, cfg, jax.random.fold_in(rng, 2),
-               stage_dir=stage_dir(cfg.algo), writer=writer, mesh=mesh)
+    run = run_agentic_grpo if config.algo == "grpo" else run_agentic_ppo
+    return run(params, model_cfg, tokenizer, config, jax.random.fold_in(rng, 2),
+               stage_dir=stage_dir(config.algo), writer=writer, mesh=mesh)
 
-  test = task.generate("test", cfg.eval.n_problems, stable_seed(cfg.seed, "agentic_eval"))
+  test = task.generate("test", config.eval.n_problems, stable_seed(config.seed, "agentic_eval"))
   report = {}
   params = None
-  for name, train in (("sft", sft), (cfg.algo, rl)):
+  for name, train in (("sft", sft), (config.algo, rl)):
     params = stage(name, params, train)
     report[name] = {}
     for mode, enabled, greedy in EVAL_MODES:
       path = os.path.join(stage_dir(name), f"eval_{mode}.json")
       report[name][mode] = _cached_json(path, lambda: evaluate_agent(
-          params, model_cfg, tokenizer, test, cfg, jax.random.fold_in(rng, 3),
+          params, model_cfg, tokenizer, test, config, jax.random.fold_in(rng, 3),
           tools_enabled=enabled, greedy=greedy, mesh=mesh))
       m = report[name][mode]
       print(f"[eval] {name} {mode}: accuracy={100 * m['accuracy']:.1f}% "
             f"tool_use={100 * m['tool_use_rate']:.1f}% format={100 * m['format']:.1f}%", flush=True)
   writer.close()
   write_json(os.path.join(workdir, "agentic_report.json"), {
-      "report": report, "algo": cfg.algo, "seed": cfg.seed, "stage_seconds": timings,
+      "report": report, "algo": config.algo, "seed": config.seed, "stage_seconds": timings,
       "total_seconds": time.time() - t0})
   print("\n" + format_report(report), flush=True)
   return report

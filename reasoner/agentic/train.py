@@ -10,7 +10,7 @@ tokens masked out of `loss_mask`.
   PPO   params {'model', 'value_head'}; each turn's reward sits on the turn's last token and GAE
         runs over model tokens only (environment tokens are skipped, see `reasoner.losses.ppo`).
 
-`cfg` is the ConfigDict of `configs/agentic.py` (sections env, reward, rollout, sft, grpo, ppo).
+`config` is the ConfigDict of `configs/agentic.py` (sections env, reward, rollout, sft, grpo, ppo).
 """
 
 from __future__ import annotations
@@ -39,25 +39,25 @@ from reasoner.train import (init_train_state, make_eval_fn, make_optimizer, make
                             run_epochs)
 
 
-def make_task(cfg) -> MultiplicationTask:
-  return MultiplicationTask(tuple(cfg.task.digits_a), tuple(cfg.task.digits_b))
+def make_task(config) -> MultiplicationTask:
+  return MultiplicationTask(tuple(config.task.digits_a), tuple(config.task.digits_b))
 
 
-def make_env_factory(cfg, task, tokenizer, *, tools_enabled: Optional[bool] = None
+def make_env_factory(config, task, tokenizer, *, tools_enabled: Optional[bool] = None
                      ) -> Callable[[], ToolEnv]:
   """A factory of fresh ToolEnvs with the config's env / reward settings (token cost counted
   with `tokenizer` on the model's text)."""
-  env_cfg = ToolEnvConfig.from_dict(cfg.env)
+  env_cfg = ToolEnvConfig.from_dict(config.env)
   if tools_enabled is not None:
     env_cfg = dataclasses.replace(env_cfg, tools_enabled=tools_enabled)
-  reward_cfg = RewardConfig.from_config(cfg.reward)
+  reward_cfg = RewardConfig.from_config(config.reward)
   count = lambda text: len(tokenizer.encode(text))
   return lambda: ToolEnv(env_cfg, reward_config=reward_cfg, task_checker=task.check,
                          count_tokens=count)
 
 
-def train_problems(task, cfg, n: int, *parts) -> list[Problem]:
-  return task.generate("train", n, stable_seed(cfg.seed, "agentic", *parts))
+def train_problems(task, config, n: int, *parts) -> list[Problem]:
+  return task.generate("train", n, stable_seed(config.seed, "agentic", *parts))
 
 
 def _shardings(model_cfg, mesh, value_head: bool = False):
@@ -89,41 +89,41 @@ def _with_rollout_metrics(metrics, rollouts) -> dict:
 # ------------------------------------------------------------------------------------------ SFT
 
 
-def demo_rows(task, tokenizer, cfg) -> dict:
+def demo_rows(task, tokenizer, config) -> dict:
   """SFT rows [n_examples, max_len] from tool / direct demos (env tokens masked)."""
-  problems = train_problems(task, cfg, cfg.sft.n_examples, "sft")
-  demos = demo_segments(problems, cfg.sft.tool_fraction, stable_seed(cfg.seed, "demos"),
-                        cfg.sft.python_fraction)
-  episodes = [encode_demo(p, d, tokenizer, cfg.env.template) for p, d in zip(problems, demos)]
-  return segment_rows(episodes, cfg.rollout.max_len, tokenizer.pad_id)
+  problems = train_problems(task, config, config.sft.n_examples, "sft")
+  demos = demo_segments(problems, config.sft.tool_fraction, stable_seed(config.seed, "demos"),
+                        config.sft.python_fraction)
+  episodes = [encode_demo(p, d, tokenizer, config.env.template) for p, d in zip(problems, demos)]
+  return segment_rows(episodes, config.rollout.max_len, tokenizer.pad_id)
 
 
-def run_agentic_sft(params, model_cfg, rows: dict, cfg, rng, *, stage_dir: str, writer, mesh=None):
+def run_agentic_sft(params, model_cfg, rows: dict, config, rng, *, stage_dir: str, writer, mesh=None):
   """Cross-entropy on the model-written tokens of `rows`; returns params."""
-  optimizer = make_optimizer(cfg.sft.optim)
+  optimizer = make_optimizer(config.sft.optim)
   shardings = _shardings(model_cfg, mesh)
   state = init_train_state(params, optimizer, mesh=mesh, param_shardings=shardings)
   step = make_train_step(functools.partial(sft_loss, model_cfg=model_cfg), optimizer, mesh=mesh,
                          param_shardings=shardings)
-  n_rows, seed = rows["tokens"].shape[0], stable_seed(cfg.seed, "sft_batches")
+  n_rows, seed = rows["tokens"].shape[0], stable_seed(config.seed, "sft_batches")
 
   def step_fn(state, i, rng):
-    idx = epoch_batches(n_rows, cfg.sft.batch_size, i, seed)
+    idx = epoch_batches(n_rows, config.sft.batch_size, i, seed)
     return step(state, {k: v[idx] for k, v in rows.items()}, rng)
 
-  state = train_loop("agentic_sft", state, step_fn, cfg.sft.steps, stage_dir=stage_dir,
-                     writer=writer, rng=rng, log_every=cfg.log_every,
-                     checkpoint_every=cfg.checkpoint_every)
+  state = train_loop("agentic_sft", state, step_fn, config.sft.steps, stage_dir=stage_dir,
+                     writer=writer, rng=rng, log_every=config.log_every,
+                     checkpoint_every=config.checkpoint_every)
   return state.params
 
 
 # ----------------------------------------------------------------------------------------- GRPO
 
 
-def make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None,
+def make_grpo_step(model_cfg, tokenizer, task, config, optimizer, *, mesh=None,
                    ref_params=None, generate_fn=None):
   """step_fn(state, step, rng) -> (state, metrics): roll out, score, one GRPO update."""
-  g = cfg.grpo
+  g = config.grpo
   loss_cfg = GRPOConfig.from_dict(g.loss)
   if loss_cfg.beta > 0 and ref_params is None:
     raise ValueError("grpo.loss.beta > 0 needs ref_params (the frozen starting model)")
@@ -134,12 +134,12 @@ def make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None,
   train_step = make_train_step(functools.partial(grpo_loss, model_cfg=model_cfg, config=loss_cfg),
                                optimizer, mesh=mesh, param_shardings=_shardings(model_cfg, mesh))
   logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0], mesh=mesh)
-  make_env = make_env_factory(cfg, task, tokenizer)
+  make_env = make_env_factory(config, task, tokenizer)
 
   def step_fn(state, step, rng):
-    problems = train_problems(task, cfg, P, "grpo", step)
+    problems = train_problems(task, config, P, "grpo", step)
     ro = run_episodes(state.params, model_cfg, tokenizer, [p for p in problems for _ in range(G)],
-                      make_env, cfg.rollout, jax.random.fold_in(rng, 0), mesh=mesh,
+                      make_env, config.rollout, jax.random.fold_in(rng, 0), mesh=mesh,
                       generate_fn=generate_fn)
     adv = np.asarray(group_advantages(ro.rewards, G, scale_by_std=loss_cfg.scale_by_std))
     keep = (filter_zero_variance_groups(ro.rewards, G) if g.dynamic_sampling
@@ -161,19 +161,19 @@ def make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None,
   return step_fn
 
 
-def run_agentic_grpo(params, model_cfg, tokenizer, cfg, rng, *, stage_dir: str, writer,
+def run_agentic_grpo(params, model_cfg, tokenizer, config, rng, *, stage_dir: str, writer,
                      mesh=None, generate_fn=None):
-  """GRPO on tool-use episodes of the config's task for cfg.grpo.steps steps; returns params."""
-  task = make_task(cfg)
-  optimizer = make_optimizer(cfg.grpo.optim)
+  """GRPO on tool-use episodes of the config's task for config.grpo.steps steps; returns params."""
+  task = make_task(config)
+  optimizer = make_optimizer(config.grpo.optim)
   state = init_train_state(params, optimizer, mesh=mesh,
                            param_shardings=_shardings(model_cfg, mesh))
-  ref = params if cfg.grpo.loss.beta > 0 else None
-  step_fn = make_grpo_step(model_cfg, tokenizer, task, cfg, optimizer, mesh=mesh, ref_params=ref,
+  ref = params if config.grpo.loss.beta > 0 else None
+  step_fn = make_grpo_step(model_cfg, tokenizer, task, config, optimizer, mesh=mesh, ref_params=ref,
                            generate_fn=generate_fn)
-  state = train_loop("agentic_grpo", state, step_fn, cfg.grpo.steps, stage_dir=stage_dir,
-                     writer=writer, rng=rng, log_every=cfg.log_every,
-                     checkpoint_every=cfg.checkpoint_every)
+  state = train_loop("agentic_grpo", state, step_fn, config.grpo.steps, stage_dir=stage_dir,
+                     writer=writer, rng=rng, log_every=config.log_every,
+                     checkpoint_every=config.checkpoint_every)
   return state.params
 
 
@@ -185,9 +185,9 @@ def ppo_params(params, model_cfg) -> dict:
   return {"model": params, "value_head": init_value_head(model_cfg.d_model)}
 
 
-def make_ppo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None, generate_fn=None):
+def make_ppo_step(model_cfg, tokenizer, task, config, optimizer, *, mesh=None, generate_fn=None):
   """step_fn(state, step, rng) -> (state, metrics) on state.params {'model', 'value_head'}."""
-  p = cfg.ppo
+  p = config.ppo
   loss_cfg = PPOConfig.from_dict(p.loss)
   n = p.episodes_per_step
   if n % p.minibatches:
@@ -196,12 +196,12 @@ def make_ppo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None, gene
                                optimizer, mesh=mesh,
                                param_shardings=_shardings(model_cfg, mesh, value_head=True))
   forward = make_eval_fn(lambda prm, b: ppo_forward(prm, model_cfg, b), mesh=mesh)
-  make_env = make_env_factory(cfg, task, tokenizer)
+  make_env = make_env_factory(config, task, tokenizer)
 
   def step_fn(state, step, rng):
-    problems = train_problems(task, cfg, n, "ppo", step)
+    problems = train_problems(task, config, n, "ppo", step)
     ro = run_episodes(state.params["model"], model_cfg, tokenizer, problems, make_env,
-                      cfg.rollout, jax.random.fold_in(rng, 0), mesh=mesh, generate_fn=generate_fn)
+                      config.rollout, jax.random.fold_in(rng, 0), mesh=mesh, generate_fn=generate_fn)
     batch = dict(ro.batch)
     logp, _, values = forward(state.params, batch)
     adv, ret = gae(ro.token_rewards, values, batch["loss_mask"], loss_cfg.gamma, loss_cfg.lam)
@@ -214,35 +214,35 @@ def make_ppo_step(model_cfg, tokenizer, task, cfg, optimizer, *, mesh=None, gene
   return step_fn
 
 
-def run_agentic_ppo(params, model_cfg, tokenizer, cfg, rng, *, stage_dir: str, writer,
+def run_agentic_ppo(params, model_cfg, tokenizer, config, rng, *, stage_dir: str, writer,
                     mesh=None, generate_fn=None):
-  """PPO (value head + GAE over model tokens) for cfg.ppo.steps steps; returns the policy
+  """PPO (value head + GAE over model tokens) for config.ppo.steps steps; returns the policy
   params (the value head is dropped)."""
-  task = make_task(cfg)
-  optimizer = make_optimizer(cfg.ppo.optim)
+  task = make_task(config)
+  optimizer = make_optimizer(config.ppo.optim)
   state = init_train_state(ppo_params(params, model_cfg), optimizer, mesh=mesh,
                            param_shardings=_shardings(model_cfg, mesh, value_head=True))
-  step_fn = make_ppo_step(model_cfg, tokenizer, task, cfg, optimizer, mesh=mesh,
+  step_fn = make_ppo_step(model_cfg, tokenizer, task, config, optimizer, mesh=mesh,
                           generate_fn=generate_fn)
-  state = train_loop("agentic_ppo", state, step_fn, cfg.ppo.steps, stage_dir=stage_dir,
-                     writer=writer, rng=rng, log_every=cfg.log_every,
-                     checkpoint_every=cfg.checkpoint_every)
+  state = train_loop("agentic_ppo", state, step_fn, config.ppo.steps, stage_dir=stage_dir,
+                     writer=writer, rng=rng, log_every=config.log_every,
+                     checkpoint_every=config.checkpoint_every)
   return state.params["model"]
 
 
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_agent(params, model_cfg, tokenizer, problems: Sequence[Problem], cfg, rng, *,
+def evaluate_agent(params, model_cfg, tokenizer, problems: Sequence[Problem], config, rng, *,
                    tools_enabled: bool = True, greedy: bool = True, mesh=None,
                    generate_fn=None) -> dict:
-  """One episode per problem (greedy, or sampled at cfg.rollout.temperature): accuracy, tool
+  """One episode per problem (greedy, or sampled at config.rollout.temperature): accuracy, tool
   use, format, reward and 3 example transcripts. With tools_enabled=False every tool call is
   answered with an error (the same model without its tools)."""
-  task = make_task(cfg)
-  rollout_cfg = dataclasses.replace(RolloutConfig.from_dict(cfg.rollout), greedy=greedy)
+  task = make_task(config)
+  rollout_cfg = dataclasses.replace(RolloutConfig.from_dict(config.rollout), greedy=greedy)
   ro = run_episodes(params, model_cfg, tokenizer, list(problems),
-                    make_env_factory(cfg, task, tokenizer, tools_enabled=tools_enabled),
+                    make_env_factory(config, task, tokenizer, tools_enabled=tools_enabled),
                     rollout_cfg, rng, mesh=mesh, generate_fn=generate_fn)
   out = dict(ro.metrics)
   out["n_problems"] = len(problems)

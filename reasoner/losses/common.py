@@ -29,22 +29,22 @@ def shift_right(x: jax.Array) -> jax.Array:
   return jnp.concatenate([pad, x[:, :-1]], axis=1)
 
 
-def config_from(cls, cfg: Any):
+def config_from(cls, source: Any):
   """Builds the dataclass `cls` from an instance of it, a dict, an ml_collections ConfigDict
   or any object with matching attributes. Unknown fields raise a one-line ValueError."""
-  if isinstance(cfg, cls):
-    return cfg
-  if cfg is None:
+  if isinstance(source, cls):
+    return source
+  if source is None:
     return cls()
   names = [f.name for f in dataclasses.fields(cls)]
-  if hasattr(cfg, "to_dict"):  # ml_collections ConfigDict
-    d = dict(cfg.to_dict())
-  elif isinstance(cfg, Mapping):
-    d = dict(cfg)
-  elif dataclasses.is_dataclass(cfg):
-    d = dataclasses.asdict(cfg)
+  if hasattr(source, "to_dict"):  # ml_collections ConfigDict
+    d = dict(source.to_dict())
+  elif isinstance(source, Mapping):
+    d = dict(source)
+  elif dataclasses.is_dataclass(source):
+    d = dataclasses.asdict(source)
   else:
-    d = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+    d = {n: getattr(source, n) for n in names if hasattr(source, n)}
   unknown = sorted(set(d) - set(names))
   if unknown:
     raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")

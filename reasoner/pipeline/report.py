@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Mapping, Sequence
 
 from reasoner.io import write_json

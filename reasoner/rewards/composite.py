@@ -19,19 +19,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from reasoner.data.problem import Problem
+from reasoner.data.tasks import TASKS
 from reasoner.rewards.format import format_reward, language_consistency_reward, length_penalty
 from reasoner.rewards.safety import reward_hack_flags
 from reasoner.rewards.sandbox import extract_code, run_python
-from reasoner.rewards.verify import math_accuracy
+from reasoner.verify.answers import math_accuracy
 
-if TYPE_CHECKING:
-  from reasoner.data.problem import Problem
-
-TaskChecker = Callable[["Problem", str], Union[bool, float]]
+TaskChecker = Callable[[Problem, str], Union[bool, float]]
 COMPONENTS = ("reward", "r_out", "r_proc", "cost", "safety", "format", "language", "overlong",
               "token_cost")
 
@@ -73,7 +72,7 @@ class RewardConfig:
     return cls(**dict(config))
 
 
-def _outcome_and_flags(problem: "Problem", completion: str, config: RewardConfig,
+def _outcome_and_flags(problem: Problem, completion: str, config: RewardConfig,
                        task_checker: Optional[TaskChecker]) -> tuple[float, list[str]]:
   tests = (problem.meta or {}).get("tests")
   if task_checker is not None:
@@ -85,7 +84,6 @@ def _outcome_and_flags(problem: "Problem", completion: str, config: RewardConfig
                         memory_mb=config.code_memory_mb) if code.strip() else None
     accuracy = 1.0 if result is not None and result.passed else 0.0
     return accuracy, reward_hack_flags(completion, code=True, sandbox_result=result)
-  from reasoner.data.tasks import TASKS  # pylint: disable=import-outside-toplevel
   if problem.task in TASKS:
     accuracy = float(TASKS[problem.task].check(problem, completion))
   else:
@@ -93,14 +91,14 @@ def _outcome_and_flags(problem: "Problem", completion: str, config: RewardConfig
   return accuracy, reward_hack_flags(completion)
 
 
-def is_correct(problem: "Problem", completion: str, config: Any = None) -> bool:
+def is_correct(problem: Problem, completion: str, config: Any = None) -> bool:
   """Whether `completion` solves `problem`: the one answer check (r_out > 0 above) that the
   rewards, rejection sampling, the DPO pairs, the evaluation and test-time compute all use."""
   config = RewardConfig.from_config(config)
   return _outcome_and_flags(problem, completion, config, None)[0] > 0
 
 
-def compute_rewards(problems: Sequence["Problem"], completions: Sequence[str],
+def compute_rewards(problems: Sequence[Problem], completions: Sequence[str],
                     num_tokens: Union[Sequence[int], np.ndarray], config: Any = None,
                     task_checker: Optional[TaskChecker] = None
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -9,7 +9,7 @@ from typing import Union
 
 import numpy as np
 
-from reasoner.rewards.verify import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from reasoner.verify.answers import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 ArrayLike = Union[int, float, np.ndarray]
 

@@ -10,7 +10,7 @@ import re
 from typing import Optional
 
 from reasoner.rewards.sandbox import SandboxResult
-from reasoner.rewards.verify import ANSWER_OPEN, THINK_CLOSE, answer_block, boxed_contents
+from reasoner.verify.answers import ANSWER_OPEN, THINK_CLOSE, answer_block, boxed_contents
 
 _HEDGE = re.compile(r"\b(?:or|either)\b|;|\\lor|\\vee", re.I)
 _CODE_HACKS = {

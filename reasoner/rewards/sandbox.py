@@ -40,7 +40,7 @@ import textwrap
 import time
 from typing import Optional
 
-from reasoner.rewards.verify import THINK_CLOSE, answer_block
+from reasoner.verify.answers import THINK_CLOSE, answer_block
 
 STATUSES = ("ok", "failed", "timeout", "error", "killed")
 VIOLATION_EXIT_CODE = 86  # must match sandbox_boot.VIOLATION_EXIT_CODE

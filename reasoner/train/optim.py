@@ -45,24 +45,24 @@ class OptimConfig:
                        f"{self.warmup_steps}, {self.total_steps}")
 
 
-def as_optim_config(cfg: Any) -> OptimConfig:
+def as_optim_config(optim_cfg: Any) -> OptimConfig:
   """OptimConfig from itself, a dict, an ml_collections ConfigDict or a dataclass."""
-  return config_from(OptimConfig, cfg)
+  return config_from(OptimConfig, optim_cfg)
 
 
-def make_schedule(cfg: Any) -> optax.Schedule:
+def make_schedule(optim_cfg: Any) -> optax.Schedule:
   """Linear warmup (update n < warmup_steps uses learning_rate * (n + 1) / warmup_steps), then
   constant / cosine / linear decay to min_lr_ratio * learning_rate over the remaining
   total_steps - warmup_steps updates."""
-  cfg = as_optim_config(cfg)
-  lr, warmup = cfg.learning_rate, cfg.warmup_steps
-  decay_steps = max(cfg.total_steps - warmup, 1)
-  if cfg.schedule == "constant":
+  optim_cfg = as_optim_config(optim_cfg)
+  lr, warmup = optim_cfg.learning_rate, optim_cfg.warmup_steps
+  decay_steps = max(optim_cfg.total_steps - warmup, 1)
+  if optim_cfg.schedule == "constant":
     main = optax.constant_schedule(lr)
-  elif cfg.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.min_lr_ratio)
+  elif optim_cfg.schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=optim_cfg.min_lr_ratio)
   else:
-    main = optax.linear_schedule(lr, lr * cfg.min_lr_ratio, decay_steps)
+    main = optax.linear_schedule(lr, lr * optim_cfg.min_lr_ratio, decay_steps)
   if warmup == 0:
     return main
 
@@ -82,18 +82,18 @@ def decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg: Any) -> optax.GradientTransformation:
   """clip_by_global_norm -> adamw(schedule, decoupled weight decay on matrices), wrapped in
   optax.MultiSteps when grad_accum_steps > 1 (the mean of k micro-batch gradients is applied
   every k-th call)."""
-  cfg = as_optim_config(cfg)
+  optim_cfg = as_optim_config(optim_cfg)
   adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-      learning_rate=make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-      weight_decay=cfg.weight_decay, mask=decay_mask)
-  parts = ([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []) + [adamw]
+      learning_rate=make_schedule(optim_cfg), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+      weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+  parts = ([optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []) + [adamw]
   opt = optax.chain(*parts)
-  if cfg.grad_accum_steps > 1:
-    opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
+  if optim_cfg.grad_accum_steps > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=optim_cfg.grad_accum_steps).gradient_transformation()
   return opt
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from reasoner.data.problem import Problem
 from reasoner.model.config import ModelConfig
-from reasoner.rewards.verify import THINK_CLOSE
+from reasoner.verify.answers import THINK_CLOSE
 from reasoner.sampling import SamplingConfig, generate
 from reasoner.tokenizer import format_prompt
 

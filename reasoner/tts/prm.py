@@ -41,7 +41,7 @@ from reasoner.losses.common import masked_mean
 from reasoner.losses.logprobs import sequence_stats
 from reasoner.losses.ppo import init_value_head
 from reasoner.model.config import ModelConfig
-from reasoner.rewards.verify import THINK_CLOSE
+from reasoner.verify.answers import THINK_CLOSE
 from reasoner.sampling import bucket
 from reasoner.tokenizer import format_prompt
 from reasoner.tts.policy import period_token_ids

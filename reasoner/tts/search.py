@@ -19,7 +19,7 @@ import numpy as np
 
 from reasoner.data.problem import Problem
 from reasoner.rewards import is_correct
-from reasoner.rewards.verify import extract_answer
+from reasoner.verify.answers import extract_answer
 from reasoner.sampling import SamplingConfig
 from reasoner.tts.policy import Policy, period_token_ids
 

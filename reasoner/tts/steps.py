@@ -18,7 +18,7 @@ import re
 from fractions import Fraction
 from typing import Optional, Sequence
 
-from reasoner.rewards.verify import THINK_CLOSE, THINK_OPEN
+from reasoner.verify.answers import THINK_CLOSE, THINK_OPEN
 
 _STEP_END = re.compile(r"\.(?=\s|$)")
 _NUMBER = re.compile(r"\d+")

@@ -30,7 +30,7 @@ import unicodedata
 from fractions import Fraction
 from typing import Optional
 
-from reasoner.rewards import symbolic
+from reasoner.verify import symbolic
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

@@ -4,7 +4,7 @@ sympy can run for minutes (or forever) on adversarial input and a Python thread 
 stopped, so the comparison runs in a child process that is killed (and lazily restarted) when
 it misses its deadline. The child also bounds its address space, and it parses expressions
 with a namespace holding only whitelisted sympy names and no builtins. Callers are expected
-to pre-validate the strings too (see `reasoner.rewards.verify`).
+to pre-validate the strings too (see `reasoner.verify.answers`).
 
 Run as a script (`python symbolic.py --worker`) this file is the worker itself; it must not
 import anything from `reasoner`.

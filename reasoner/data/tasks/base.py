@@ -13,7 +13,7 @@ import hashlib
 import random
 
 from reasoner.data.problem import Problem
-from reasoner.rewards.verify import answers_equal, extract_answer
+from reasoner.verify.answers import answers_equal, extract_answer
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.1

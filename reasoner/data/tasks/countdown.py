@@ -19,7 +19,7 @@ from typing import Optional
 
 from reasoner.data.problem import Problem
 from reasoner.data.tasks.base import Task, make_problem
-from reasoner.rewards.verify import extract_answer
+from reasoner.verify.answers import extract_answer
 
 # difficulty -> (how many numbers, largest number, largest target)
 _LEVELS = {1: (3, 20, 100), 2: (4, 25, 100), 3: (4, 99, 100), 4: (5, 99, 1000)}
