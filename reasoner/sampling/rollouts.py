@@ -33,24 +33,37 @@ class Rollouts:
 
 
 def sample_rollouts(params, model_cfg: ModelConfig, tokenizer: Tokenizer,
-                    prompts: Sequence[list[int]], sampling: SamplingConfig, rng: jax.Array, *,
-                    mesh=None, batch_rows: int = 0) -> Rollouts:
-  """Samples `sampling.n` completions per prompt. With `batch_rows` > 0 the sampler runs on at
-  most that many rows (batch_rows // n prompts, at least one) at a time, the call starting at
-  prompt i keyed `fold_in(rng, i)`; 0 = all prompts in one call, keyed `rng`."""
-  prompts = list(prompts)
-  per_call = len(prompts) if batch_rows <= 0 else max(1, batch_rows // sampling.n)
+                    prompts: Sequence[Sequence[int]], sampling: SamplingConfig, rng: jax.Array, *,
+                    mesh=None, batch_rows: int = 0, min_prompts: int = 0) -> Rollouts:
+  """Samples `sampling.n` completions per prompt (rows prompt-major).
+
+  With `batch_rows` > 0 the sampler runs on at most that many rows (batch_rows // n prompts, at
+  least one) at a time, the call starting at prompt i keyed `fold_in(rng, i)`, and every call
+  gets the same number of prompts (the last one is filled up with copies of the last prompt,
+  their rows dropped), so the calls share one compiled program. `min_prompts` widens a single
+  call to that many prompts the same way, so callers with varying numbers of prompts (a beam
+  search) reuse one program too. batch_rows 0 = all prompts in one call, keyed `rng`.
+  """
+  prompts = [list(p) for p in prompts]
+  count = len(prompts)
+  if not count:
+    return Rollouts([], [], [], np.zeros(0, np.int32), np.zeros(0, bool), [], [])
+  per_call = count if batch_rows <= 0 else max(1, batch_rows // sampling.n)
+  width = max(1, min(per_call, max(count, min_prompts)) if batch_rows > 0 else count)
+  total = -(-count // width) * width
+  padded = prompts + [prompts[-1]] * (total - count)
   outs = []
-  for i in range(0, len(prompts), per_call):
-    key = rng if per_call >= len(prompts) else jax.random.fold_in(rng, i)
-    outs.append(generate(params, model_cfg, prompts[i:i + per_call], sampling, key,
+  for i in range(0, total, width):
+    key = rng if width >= total else jax.random.fold_in(rng, i)
+    outs.append(generate(params, model_cfg, padded[i:i + width], sampling, key,
                          pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mesh=mesh))
+  keep = count * sampling.n
   rows = [(row, m, lp, length) for out in outs
-          for row, m, lp, length in zip(out.tokens, out.injected, out.logprobs, out.lengths)]
+          for row, m, lp, length in zip(out.tokens, out.injected, out.logprobs, out.lengths)][:keep]
   completions = [row[:length].tolist() for row, _, _, length in rows]
-  return Rollouts(prompt_ids=[list(p) for p in prompts for _ in range(sampling.n)],
+  return Rollouts(prompt_ids=[p for p in prompts for _ in range(sampling.n)],
                   completion_ids=completions, texts=[tokenizer.decode(c) for c in completions],
-                  lengths=np.concatenate([out.lengths for out in outs]),
-                  done=np.concatenate([out.done for out in outs]),
+                  lengths=np.concatenate([out.lengths for out in outs])[:keep],
+                  done=np.concatenate([out.done for out in outs])[:keep],
                   injected=[np.asarray(m[:length], bool) for _, m, _, length in rows],
                   logprobs=[np.asarray(lp[:length], np.float32) for _, _, lp, length in rows])

@@ -11,7 +11,8 @@ import numpy as np
 from reasoner.data.problem import Problem
 from reasoner.model.config import ModelConfig
 from reasoner.verify.answers import THINK_CLOSE
-from reasoner.sampling import SamplingConfig, generate
+from reasoner.sampling import SamplingConfig
+from reasoner.sampling.rollouts import sample_rollouts
 from reasoner.tokenizer import format_prompt
 
 
@@ -60,26 +61,13 @@ class Policy:
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, rng: jax.Array,
                min_prompts: int = 0):
-    """`reasoner.sampling.generate` in chunks of at most `batch_size` rows; returns a list of
-    (completion ids, injected mask, raw log-probs) per row, rows prompt-major.
-
-    Every chunk gets the same number of prompts (the list is padded with copies of its last
-    prompt, at least to `min_prompts`, and the extra rows dropped), so calls with varying numbers
-    of prompts reuse one compiled program.
-    """
-    count = len(prompts)
-    per_chunk = max(1, self.batch_size // sampling.n)
-    width = min(per_chunk, max(count, min_prompts))
-    total = -(-count // width) * width
-    padded = [list(p) for p in prompts] + [list(prompts[-1])] * (total - count)
-    rows = []
-    for c, i in enumerate(range(0, total, width)):
-      out = generate(self.params, self.cfg, padded[i:i + width], sampling,
-                     jax.random.fold_in(rng, c), pad_id=self.tokenizer.pad_id,
-                     eos_id=self.tokenizer.eos_id, mesh=self.mesh)
-      for tok, inj, lp, n in zip(out.tokens, out.injected, out.logprobs, out.lengths):
-        rows.append((tok[:n].tolist(), np.asarray(inj[:n], bool), np.asarray(lp[:n], np.float32)))
-    return rows[:count * sampling.n]
+    """`reasoner.sampling.sample_rollouts` in calls of at most `batch_size` rows, each call with
+    the same number of prompts (at least `min_prompts`), so calls with varying numbers of prompts
+    reuse one compiled program; returns a list of (completion ids, injected mask, raw log-probs)
+    per row, rows prompt-major."""
+    ro = sample_rollouts(self.params, self.cfg, self.tokenizer, prompts, sampling, rng,
+                         mesh=self.mesh, batch_rows=self.batch_size, min_prompts=min_prompts)
+    return list(zip(ro.completion_ids, ro.injected, ro.logprobs))
 
   def sample(self, problems: Sequence[Problem], sampling: SamplingConfig, rng: jax.Array) -> Samples:
     """`sampling.n` completions of each problem's prompt."""
