@@ -126,10 +126,12 @@ def tiny() -> ConfigDict:
   # the replay term below and entropy minimisation; without the replay, rates above 5e-5 lose
   # accuracy.
   c.grpo.optim = _optim(2e-4, 60, warmup=5, schedule="constant")
-  # PPO-ptx: replay_weight x the SFT loss on replay_batch_size packed rows of reference solutions
-  # (from replay_problems problems of their own) added to every update; 0 = off.
+  # PPO-ptx: replay_weight x the SFT loss on replay_batch_size packed rows of replay_seq_len
+  # tokens of reference solutions (from replay_problems problems of their own) added to every
+  # update; 0 = off.
   c.grpo.replay_weight = 1.0
   c.grpo.replay_batch_size = 16
+  c.grpo.replay_seq_len = 128
   c.grpo.replay_problems = 1000
   # Actor-learner mode (reasoner/stages/async_grpo.py): rollouts for step t+1 overlap training
   # on step t, sampled at most max_staleness policy versions back, importance weights truncated
@@ -229,7 +231,8 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.sft.update(dict(steps=500, batch_size=64, seq_len=seq, n_examples=7473,
                     optim=_optim(1e-5 * lr_scale, 500, warmup=25, wd=0.0)))
   c.grpo.update(dict(steps=500, prompts_per_step=64, group_size=16, max_new_tokens=768,
-                     max_prompt_tokens=256, minibatches=4, temperature=1.0))
+                     max_prompt_tokens=256, minibatches=4, temperature=1.0,
+                     replay_seq_len=seq))
   c.grpo.loss.beta = 0.001
   c.grpo.loss.entropy_coef = 0.0  # the tiny preset's entropy and replay terms are tuned for it only
   c.grpo.replay_weight = 0.0

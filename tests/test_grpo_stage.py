@@ -84,7 +84,7 @@ def test_replay_adds_the_sft_loss_on_replayed_solutions(tmp_path, arith_tokenize
   gb = make_collect(ctx)(params, 3, jax.random.PRNGKey(1))
   replay = make_replay(ctx)
   batch = replay(3, 0)
-  assert batch["tokens"].shape == (4, ctx.config.sft.seq_len) and batch["loss_mask"].sum() > 0
+  assert batch["tokens"].shape == (4, ctx.config.grpo.replay_seq_len) and batch["loss_mask"].sum() > 0
   assert not np.array_equal(batch["tokens"], replay(4, 0)["tokens"])  # a new batch each update
   want, _ = sft_loss(params, batch, jax.random.PRNGKey(0), model_cfg=MODEL)
   loss_fn = lambda p, b, r: grpo_loss(p, b, r, model_cfg=MODEL, config=grpo_config(ctx.config.grpo))

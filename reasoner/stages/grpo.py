@@ -178,8 +178,9 @@ def recomputes_old_logprobs(grpo_cfg, off_policy: bool = False, has_behaviour: b
 
 
 def replay_shape(config) -> tuple[int, int]:
-  """[rows, tokens] of the replay sub-batch: grpo.replay_batch_size packed rows of sft.seq_len."""
-  return int(config.grpo.replay_batch_size), int(config.sft.seq_len)
+  """[rows, tokens] of the replay sub-batch: grpo.replay_batch_size packed rows of
+  grpo.replay_seq_len tokens."""
+  return int(config.grpo.replay_batch_size), int(config.grpo.replay_seq_len)
 
 
 def make_replay(ctx: StageContext):
