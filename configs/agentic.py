@@ -10,13 +10,14 @@ Every field can be overridden with --config.a.b=value.
 
 from ml_collections import ConfigDict
 
+from configs.common import dataclass_block, optim_block as _optim
+from reasoner.agentic.env import ToolEnvConfig
+from reasoner.agentic.rollout import RolloutConfig
+from reasoner.losses.grpo import GRPOConfig
+from reasoner.losses.ppo import PPOConfig
+from reasoner.rewards.composite import RewardConfig
+
 AGENTIC_PRESETS = ("tiny",)
-
-
-def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, schedule="cosine"):
-  return ConfigDict(dict(learning_rate=lr, warmup_steps=warmup, total_steps=steps, schedule=schedule,
-                         weight_decay=wd, b1=0.9, b2=0.95, eps=1e-8, grad_clip=clip,
-                         grad_accum_steps=1))
 
 
 def tiny() -> ConfigDict:
@@ -33,17 +34,14 @@ def tiny() -> ConfigDict:
 
   # Multiply a 3-digit by a 2-digit number (ranges of digit counts, inclusive).
   c.task = ConfigDict(dict(digits_a=(3, 3), digits_b=(2, 2)))
-  # reasoner.agentic.env.ToolEnvConfig
-  c.env = ConfigDict(dict(max_turns=3, template="plain", tools_enabled=True, tool_cost=0.02,
-                          error_cost=0.05, max_output_chars=64, python_timeout_s=2.0,
-                          python_memory_mb=256))
+  # The environment (reasoner.agentic.env.ToolEnvConfig): 3 turns, a cost per tool call and per
+  # failed call, tool output cut at 64 characters.
+  c.env = dataclass_block(ToolEnvConfig, max_turns=3, tool_cost=0.02, error_cost=0.05,
+                          max_output_chars=64)
   # reasoner.rewards.composite.RewardConfig: outcome + 0.2 * format - safety (tool costs in env).
-  c.reward = ConfigDict(dict(w_out=1.0, w_proc=0.2, w_format=1.0, w_lang=0.0, l_cost=1.0,
-                             l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
-                             overlong_buffer=0))
+  c.reward = dataclass_block(RewardConfig, w_proc=0.2)
   # reasoner.agentic.rollout.RolloutConfig (max_len is also the width of the training rows).
-  c.rollout = ConfigDict(dict(max_turns=3, max_new_tokens=24, max_len=64, temperature=1.0,
-                              top_p=1.0, greedy=False))
+  c.rollout = dataclass_block(RolloutConfig, max_turns=3, max_new_tokens=24, max_len=64)
 
   # SFT from scratch on demos: tool_fraction of them call a tool (python_fraction of those use
   # the python tool instead of calc), the rest answer "in the head".
@@ -52,13 +50,13 @@ def tiny() -> ConfigDict:
 
   c.grpo = ConfigDict(dict(steps=25, prompts_per_step=16, group_size=8, epochs=1, minibatches=1,
                            dynamic_sampling=True))
-  c.grpo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.0, kl_estimator="k3",
-                                loss_agg="token_mean", constant_norm=64.0, scale_by_std=True))
+  # reasoner.losses.grpo.GRPOConfig: DAPO's clip-higher and token-mean aggregation, no KL term.
+  c.grpo.loss = dataclass_block(GRPOConfig, epsilon_high=0.28, beta=0.0, loss_agg="token_mean",
+                                constant_norm=64.0)
   c.grpo.optim = _optim(5e-4, 25, warmup=2, schedule="constant")
 
   c.ppo = ConfigDict(dict(steps=25, episodes_per_step=64, epochs=2, minibatches=2))
-  c.ppo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.2, value_clip=0.2, vf_coef=0.5,
-                               ent_coef=0.0, gamma=1.0, lam=0.95, normalize_advantages=True))
+  c.ppo.loss = dataclass_block(PPOConfig)  # reasoner.losses.ppo.PPOConfig's defaults
   c.ppo.optim = _optim(3e-4, 100, warmup=2, schedule="constant")
 
   c.eval = ConfigDict(dict(n_problems=200))

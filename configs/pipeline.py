@@ -11,37 +11,17 @@ Every field can be overridden with --config.a.b=value, e.g. --config.model.lora_
 LoRA adapters instead of every weight (reasoner/stages/trainable.py).
 """
 
-import dataclasses
-
 from ml_collections import ConfigDict
 
+from configs.common import dataclass_block as _fields
+from configs.common import optim_block as _optim
 from reasoner.losses.dpo import DPOConfig
 from reasoner.losses.grpo import GRPOConfig
 from reasoner.model.config import PRESETS as MODEL_PRESETS
 from reasoner.rewards.composite import RewardConfig
-from reasoner.train.optim import OptimConfig
 
 PIPELINE_PRESETS = ("tiny", "tiny_smoke", "qwen2_5_0_5b_gsm8k", "qwen2_5_7b_gsm8k",
                     "llama3_1_8b_gsm8k")
-
-
-def _fields(cls, **overrides) -> ConfigDict:
-  """A config block holding every field of the dataclass `cls`: its defaults (their one home,
-  with their documentation) and the preset's `overrides`. The stage builds `cls` from the block,
-  so a misspelt or invalid field fails validation with the dataclass's own message."""
-  values = {f.name: f.default for f in dataclasses.fields(cls)}
-  unknown = sorted(set(overrides) - set(values))
-  if unknown:
-    raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
-  values.update(overrides)
-  return ConfigDict(values)
-
-
-def _optim(lr, steps, warmup=0, clip=1.0, wd=0.0, accum=1, schedule="cosine"):
-  """AdamW after global-norm clipping (reasoner.train.optim.OptimConfig): peak rate `lr`, linear
-  warmup over `warmup` updates, then `schedule` (constant | cosine | linear) over `steps`."""
-  return _fields(OptimConfig, learning_rate=lr, warmup_steps=warmup, total_steps=steps,
-                 schedule=schedule, weight_decay=wd, grad_clip=clip, grad_accum_steps=accum)
 
 
 def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
