@@ -157,6 +157,9 @@ def tiny() -> ConfigDict:
   c.hardware = ConfigDict(dict(name="cpu", devices=1, memory_gib=16.0, budget_gib=16.0))
   c.log_every = 10  # steps between metrics lines / progress output
   c.checkpoint_every = 50  # steps between checkpoints of a stage (a rerun resumes from the last)
+  # A step whose loss or gradient is not finite is skipped (params and optimiser state kept);
+  # this many in a row stop the stage with an error.
+  c.max_skipped_steps = 5
   return c
 
 

@@ -111,6 +111,33 @@ def test_sigkill_then_rerun_resumes(tmp_path):
   assert json.load(open(workdir / "report.json"))["models"]["sft"]["n_problems"] == 8
 
 
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_there(tmp_path):
+  """A preempted TPU VM gets SIGTERM: the stage finishes its step, checkpoints it and exits 143;
+  the same command resumes from exactly that step, nothing lost."""
+  import re
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "launch.main", "--config=configs/pipeline.py:tiny_smoke",
+         f"--workdir={workdir}", *SMALL, "--config.stages=pretrain,sft", "--config.sft.steps=40",
+         "--config.checkpoint_every=1000"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "XLA_FLAGS": ""})
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:  # SFT has logged a step: mid-stage
+    if metrics.exists() and any('"sft"' in line for line in open(metrics)):
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run finished before it could be stopped"
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, out[-2000:]
+  stopped = int(re.search(r"\[sft\] SIGTERM: checkpointed step (\d+)/40", out).group(1))
+  assert 2 <= stopped < 40
+  second = _run(workdir, "--config.stages=pretrain,sft", "--config.sft.steps=40")
+  assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+  assert f"[sft] resumed from checkpoint step {stopped}/40" in second.stdout
+
+
 def test_clear_errors_for_bad_config_and_missing_stage(tmp_path):
   bad = _run(tmp_path / "a", "--config.stages=sft,gpro")
   assert bad.returncode == 1 and "unknown stage(s) ['gpro']" in bad.stderr

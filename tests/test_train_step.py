@@ -264,3 +264,62 @@ def test_micro_batching_cuts_compiled_activation_memory():
   temp = lambda m: (jax.jit(train_step_fn(loss, opt, m)).lower(state, b, RNG).compile()
                     .memory_analysis().temp_size_in_bytes)
   assert temp(8) < temp(1) / 3
+
+
+# ---------------------------------------------------------------- non-finite steps
+
+def test_non_finite_loss_or_gradient_skips_the_update():
+  opt = make_optimizer(dict(learning_rate=1e-2, schedule="constant"))
+  state = init_train_state(params(), opt)
+  batch = make_batch(4, seed=7)
+
+  def loss_fn(p, b, rng):
+    loss, metrics = sft_loss(p, b, rng, model_cfg=CFG)
+    return loss * b["scale"][0], metrics
+
+  step = make_train_step(loss_fn, opt)  # donates the state: compare host copies
+  ones = dict(batch, scale=np.ones(4, np.float32))
+  start = jax.device_get(state.params)
+  good, m = step(state, ones, RNG)
+  assert float(m["skipped"]) == 0 and max_diff(good.params, start) > 0
+  good_host = jax.device_get((good.params, good.opt_state))
+  out = good
+  for bad in (np.nan, np.inf):
+    out, m = step(out, dict(batch, scale=np.full(4, bad, np.float32)), RNG)
+    assert float(m["skipped"]) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 (out.params, out.opt_state), good_host)
+  # A finite step after skipped ones trains as if they never happened.
+  again, _ = step(out, ones, RNG)
+  ref, _ = step(init_train_state(good_host[0], opt).replace(opt_state=good_host[1]), ones, RNG)
+  assert max_diff(again.params, ref.params) == 0
+
+
+def test_train_loop_stops_on_a_run_of_skips_and_never_saves_non_finite_params(tmp_path):
+  from reasoner.checkpoint import CheckpointManager
+  from reasoner.io import MetricsWriter
+  from reasoner.stages.loop import NonFiniteError, train_loop
+
+  opt = make_optimizer(dict(learning_rate=1e-2, schedule="constant"))
+  state = init_train_state(params(), opt)
+  writer = MetricsWriter(str(tmp_path), tensorboard=False)
+
+  def step_fn(bad_from, poison=False):
+    def fn(state, step, rng):
+      if step < bad_from:
+        return state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params)), {"skipped": 0.0}
+      if poison:  # an update that slipped through with a finite gradient but broke the params
+        return state.replace(params=jax.tree.map(lambda x: x * np.inf, state.params)), {"skipped": 0.0}
+      return state, {"skipped": 1.0}
+    return fn
+
+  with pytest.raises(NonFiniteError, match="3 non-finite steps in a row"):
+    train_loop("s", state, step_fn(4), 20, stage_dir=str(tmp_path / "a"), writer=writer, rng=RNG,
+               log_every=1, checkpoint_every=2, max_skipped=3)
+  assert CheckpointManager(tmp_path / "a" / "ckpt").latest_step() == 6  # skipped steps keep params
+  rows = [r for r in writer.read("s")]
+  assert [r["skipped_steps"] for r in rows] == [0, 0, 0, 0, 1, 2]
+  with pytest.raises(NonFiniteError, match="not finite at step 4"):
+    train_loop("t", state, step_fn(3, poison=True), 20, stage_dir=str(tmp_path / "b"),
+               writer=writer, rng=RNG, log_every=1, checkpoint_every=2)
+  assert CheckpointManager(tmp_path / "b" / "ckpt").latest_step() == 2

@@ -32,7 +32,8 @@ _POSITIVE = ("pretrain.steps", "pretrain.batch_size", "pretrain.seq_len", "sft.s
              "grpo.minibatches", "grpo.replay_batch_size", "grpo.replay_seq_len", "grpo.replay_problems", "distill.steps",
              "distill.batch_size", "distill.samples_per_problem", "distill.max_new_tokens", "dpo.steps",
              "dpo.batch_size", "dpo.max_new_tokens", "dpo.samples_per_problem",
-             "eval.n_problems", "eval.k", "eval.max_new_tokens", "log_every", "checkpoint_every")
+             "eval.n_problems", "eval.k", "eval.max_new_tokens", "log_every", "checkpoint_every",
+             "max_skipped_steps")
 
 
 def _get(config, dotted: str):

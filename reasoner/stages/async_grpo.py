@@ -104,7 +104,8 @@ def run_async_grpo(ctx: StageContext, params, rng: jax.Array):
   try:
     state = train_loop("grpo", state, step_fn, grpo_cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                        writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
-                       checkpoint_every=ctx.config.checkpoint_every)
+                       checkpoint_every=ctx.config.checkpoint_every,
+                       max_skipped=ctx.config.max_skipped_steps)
   finally:
     actor.close()
   params = stage_result(learner_ctx, state)

@@ -138,5 +138,6 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
 
   state = train_loop("dpo", state, step_fn, dpo_cfg.steps, stage_dir=ctx.stage_dir("dpo"),
                      writer=ctx.writer, rng=jax.random.fold_in(rng, 1), log_every=ctx.config.log_every,
-                     checkpoint_every=ctx.config.checkpoint_every)
+                     checkpoint_every=ctx.config.checkpoint_every,
+                     max_skipped=ctx.config.max_skipped_steps)
   return stage_result(ctx, state)

@@ -237,7 +237,8 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
       extra = None if replay is None else (lambda k: {"replay": replay(step, k)})
       state, updates = run_epochs(train_step, state, batch, rng, epochs=grpo_cfg.epochs,
                                   minibatches_per_epoch=grpo_cfg.minibatches, seed=step, extra=extra)
-      metrics = updates[-1]
+      # The last update's metrics, and how many of the step's updates were skipped.
+      metrics = {**updates[-1], "skipped": sum(u["skipped"] for u in updates)}
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
     metrics["time/learn_s"] = time.perf_counter() - t0
@@ -261,5 +262,6 @@ def run_grpo(ctx: StageContext, params, rng: jax.Array):
 
   state = train_loop("grpo", state, step_fn, grpo_cfg.steps, stage_dir=ctx.stage_dir("grpo"),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
-                     checkpoint_every=ctx.config.checkpoint_every)
+                     checkpoint_every=ctx.config.checkpoint_every,
+                     max_skipped=ctx.config.max_skipped_steps)
   return stage_result(ctx, state)

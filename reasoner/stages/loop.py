@@ -8,14 +8,27 @@ Only `state.params` (what the optimiser trains) and the optimiser state are chec
 weights (a LoRA base) are the stage's input, rebuilt identically by the rerun. A checkpoint
 whose params do not match the state's (e.g. full weights saved, LoRA adapters now) is refused
 with a one-line error rather than restored.
+
+Non-finite updates: the train step skips an update whose loss or gradient norm is not finite
+(metrics["skipped"]); the loop counts them, logs each, stops with an error after
+`max_skipped` steps in a row, and never writes a checkpoint of non-finite params (it stops
+instead, so the last good checkpoint stays the latest).
+
+Preemption: on SIGTERM (a TPU VM's preemption notice) the loop finishes the step it is in,
+checkpoints it and exits with status 143; the same command resumes from that step.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from reasoner.checkpoint import CheckpointManager
 from reasoner.io.metrics_log import MetricsWriter, Progress
@@ -48,10 +61,50 @@ def step_rng(rng: jax.Array, step: int) -> jax.Array:
   return jax.random.fold_in(rng, step)
 
 
+class NonFiniteError(RuntimeError):
+  """Training produced non-finite values it could not skip past."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _Preemption:
+  """Records a SIGTERM while installed (main thread only; elsewhere it never fires)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    """Whether any process got the signal (every process must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *, stage_dir: str,
                writer: MetricsWriter, rng: jax.Array, log_every: int = 10,
-               checkpoint_every: int = 50) -> TrainState:
-  """Runs steps [resumed, n_steps) of `step_fn`, checkpointing every `checkpoint_every` steps."""
+               checkpoint_every: int = 50, max_skipped: int = 5) -> TrainState:
+  """Runs steps [resumed, n_steps) of `step_fn`, checkpointing every `checkpoint_every` steps
+  (see the module docstring for non-finite steps and SIGTERM)."""
   mgr = CheckpointManager(os.path.join(stage_dir, "ckpt"), max_to_keep=2)
   start = mgr.latest_step() or 0
   if start:
@@ -61,15 +114,41 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
     state = state.replace(step=start, params=restored["params"], opt_state=restored["opt_state"])
     print(f"[{stage}] resumed from checkpoint step {start}/{n_steps}", flush=True)
   progress = Progress(stage, n_steps, start=start, every=log_every)
-  for step in range(start, n_steps):
-    state, metrics = step_fn(state, step, step_rng(rng, step))
-    done = step + 1
-    if done % log_every == 0 or done == n_steps:
-      metrics = jax.device_get(metrics)
-      writer.write(stage, done, metrics)
-      progress.update(done, {k: v for k, v in metrics.items() if not k.startswith("_")}, force=True)
-    if done % checkpoint_every == 0 or done == n_steps:
-      mgr.save(done, state.params, state.opt_state)
+  skipped_in_a_row = skipped_total = 0
+  with _Preemption() as preemption:
+    for step in range(start, n_steps):
+      state, metrics = step_fn(state, step, step_rng(rng, step))
+      done = step + 1
+      if "skipped" in metrics and float(metrics["skipped"]) > 0:
+        skipped_in_a_row += 1
+        skipped_total += 1
+        print(f"[{stage}] step {done}: non-finite loss or gradient, update skipped "
+              f"({skipped_in_a_row} in a row, {skipped_total} in all)", flush=True)
+        if skipped_in_a_row >= max_skipped:
+          mgr.wait()
+          raise NonFiniteError(f"[{stage}] {skipped_in_a_row} non-finite steps in a row (up to step "
+                               f"{done}); the last checkpoint in {mgr.directory} is the last good "
+                               f"state: lower the learning rate or check the data, then rerun")
+      else:
+        skipped_in_a_row = 0
+      if done % log_every == 0 or done == n_steps:
+        metrics = dict(jax.device_get(metrics), skipped_steps=skipped_total)
+        writer.write(stage, done, metrics)
+        progress.update(done, {k: v for k, v in metrics.items() if not k.startswith("_")},
+                        force=True)
+      preempted = preemption.agreed()
+      if done % checkpoint_every == 0 or done == n_steps or preempted:
+        if not bool(_all_finite(state.params)):
+          mgr.wait()
+          raise NonFiniteError(f"[{stage}] params are not finite at step {done}; not "
+                               f"checkpointed (the last good one in {mgr.directory} is kept)")
+        mgr.save(done, state.params, state.opt_state)
+      if preempted:
+        mgr.wait()
+        mgr.close()
+        print(f"[{stage}] SIGTERM: checkpointed step {done}/{n_steps}; rerun the same command "
+              f"to resume", flush=True)
+        sys.exit(143)
   mgr.wait()
   mgr.close()
   return state

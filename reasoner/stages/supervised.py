@@ -49,5 +49,6 @@ def run_supervised(ctx: StageContext, stage: str, params, examples: Sequence[tup
 
   state = train_loop(stage, state, step_fn, scfg.steps, stage_dir=ctx.stage_dir(stage),
                      writer=ctx.writer, rng=rng, log_every=ctx.config.log_every,
-                     checkpoint_every=ctx.config.checkpoint_every)
+                     checkpoint_every=ctx.config.checkpoint_every,
+                     max_skipped=ctx.config.max_skipped_steps)
   return stage_result(ctx, state)

@@ -114,14 +114,24 @@ def loss_and_grads(loss_fn: LossFn, state: TrainState, batch: Any, rng: jax.Arra
 
 def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                   micro_batches: int = 1):
-  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits."""
+  """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits.
+
+  A non-finite loss or gradient norm skips the update: params and optimiser state come back
+  unchanged (the select fuses into the elementwise update, so it costs no memory) and
+  metrics["skipped"] is 1 (`reasoner.stages.loop` counts and stops on a run of them)."""
   def step(state: TrainState, batch: Any, rng: jax.Array):
     (loss, metrics), grads = loss_and_grads(loss_fn, state, batch, rng, micro_batches)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-               "learning_rate": learning_rate_of(opt_state)}
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+               "learning_rate": learning_rate_of(opt_state),
+               "skipped": 1.0 - finite.astype(jnp.float32)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return step
 
