@@ -160,6 +160,10 @@ def tiny() -> ConfigDict:
   # A step whose loss or gradient is not finite is skipped (params and optimiser state kept);
   # this many in a row stop the stage with an error.
   c.max_skipped_steps = 5
+  # A rerun compares the config with the one each finished or started stage was made with
+  # (WORKDIR/stages/*/fingerprint.json) and stops on a change that would make its results stale;
+  # True reuses them anyway.
+  c.allow_config_change = False
   return c
 
 

@@ -136,6 +136,11 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_there(tmp_pa
   second = _run(workdir, "--config.stages=pretrain,sft", "--config.sft.steps=40")
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
   assert f"[sft] resumed from checkpoint step {stopped}/40" in second.stdout
+  # The finished stages were made with this config: another one is refused, by field name.
+  stale = _run(workdir, "--config.stages=pretrain,sft", "--config.sft.steps=40",
+               "--config.sft.optim.learning_rate=0.01")
+  assert stale.returncode == 1 and "Traceback" not in stale.stderr
+  assert "sft.optim.learning_rate: 0.003 -> 0.01" in stale.stderr
 
 
 def test_clear_errors_for_bad_config_and_missing_stage(tmp_path):

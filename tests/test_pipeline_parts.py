@@ -193,3 +193,41 @@ def test_stage_table():
   config.distill.student = "qwen2_5_0_5b"
   student = distill.output_config(ctx)
   assert student == model_config("qwen2_5_0_5b", vocab_size=teacher.vocab_size) != teacher
+
+
+def test_fingerprints_name_the_changed_fields(tmp_path):
+  from reasoner.pipeline.fingerprint import check_fingerprint, fingerprint
+
+  config = pipeline_configs.get_config("tiny")
+  check_fingerprint(config, "grpo", tmp_path)  # first touch: recorded
+  assert (tmp_path / "fingerprint.json").exists()
+  check_fingerprint(config, "grpo", tmp_path)  # same config: fine
+
+  # What shapes a model: its own and its ancestors' blocks, run-wide fields and the evaluation;
+  # not how it runs (memory budgets, logging, which stages to run).
+  for key, value in (("tokens_per_device", 512), ("rollout_rows", 64)):
+    config.grpo[key] = value
+  config.sft.tokens_per_device, config.log_every, config.stages = 1024, 3, "grpo"
+  config.eval.batch_size, config.mesh.data = 8, 2
+  check_fingerprint(config, "grpo", tmp_path)
+  assert "dpo.beta" not in str(fingerprint(config, "grpo"))  # a later stage's block
+
+  config.sft.optim.learning_rate = 5e-4  # an ancestor's setting
+  config.eval.k = 8
+  with pytest.raises(ValueError) as e:
+    check_fingerprint(config, "grpo", tmp_path)
+  message = str(e.value)
+  assert "\n" not in message and "sft.optim.learning_rate: 0.001 -> 0.0005" in message
+  assert "eval.k: 4 -> 8" in message and "allow_config_change" in message
+  config.allow_config_change = True
+  lines = []
+  check_fingerprint(config, "grpo", tmp_path, log=lines.append)  # reused, new one recorded
+  assert "sft.optim.learning_rate" in lines[0]
+  config.allow_config_change = False
+  check_fingerprint(config, "grpo", tmp_path)
+
+  # R1-Zero's GRPO does not depend on SFT; a distillation student from init_from does.
+  r1 = pipeline_configs.get_config("tiny")
+  r1.r1_zero = True
+  assert not any(k.startswith("sft.") for k in fingerprint(r1, "grpo"))
+  assert any(k.startswith("sft.") for k in fingerprint(r1, "distill"))

@@ -26,6 +26,7 @@ from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
+from reasoner.pipeline.fingerprint import check_fingerprint
 from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
                              held_out_problems, load_stage_model, save_stage_model, stable_seed,
                              training_model_config)
@@ -136,6 +137,11 @@ class Pipeline:
     t_start = time.time()
     timings = {}
     for index, stage in enumerate(STAGES):
+      if has_model(self.ctx, stage.model) or stage.name in selected or (
+          stage.parent is None and config.init != "pretrain"):
+        # Before anything of the model's is reused (its final directory, eval.json, and the step
+        # checkpoints of the stage making it, which the fingerprint predates).
+        check_fingerprint(config, stage.model, self.ctx.stage_dir(stage.model), _log)
       if has_model(self.ctx, stage.model):
         params, model_cfg = load_stage_model(self.ctx, stage.model)
       elif stage.parent is None and config.init != "pretrain":

@@ -1,0 +1,102 @@
+"""Which config a stage's results were made with, so a rerun never reuses stale ones.
+
+Each model's directory (`WORKDIR/stages/MODEL/`) holds `fingerprint.json`: the config fields that
+shape that model and its evaluation, flattened to dotted names. They are the run-wide fields
+(seed, init, r1_zero, model, tokenizer, data), the blocks of the stage that makes the model and of
+every stage its input came from (its parents, and for distillation the student's `init_from`
+model), and `eval`. Fields that only say how or where to run (memory budgets, the mesh, logging,
+checkpoint cadence, which stages to run, the hardware plan) are left out.
+
+The pipeline writes the fingerprint when it first touches a model (before training it), and on
+every later run compares it before reusing anything in that directory (a finished model, a step
+checkpoint, eval.json): a difference stops the run with one line naming the changed fields,
+unless `config.allow_config_change` says to go on (then the new fingerprint is recorded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from reasoner.io import read_json, write_json
+from reasoner.stages import STAGES, Stage
+from reasoner.stages.distill import INIT_MODELS
+
+FILE = "fingerprint.json"
+_RUN_WIDE = ("seed", "init", "r1_zero", "model", "tokenizer", "data")
+# Fields that do not change results: how and where the run executes.
+_IGNORED = ("tokens_per_device", "rollout_rows", "max_prompt_tokens", "batch_size@eval",
+            "actor_devices", "logits_chunk_mib", "remat")
+
+
+def _flatten(node: Any, prefix: str) -> dict:
+  if isinstance(node, ConfigDict):
+    node = node.to_dict()
+  if isinstance(node, dict):
+    out = {}
+    for k, v in node.items():
+      out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  return {prefix: list(node) if isinstance(node, tuple) else node}
+
+
+def _ignored(name: str) -> bool:
+  leaf = name.rsplit(".", 1)[-1]
+  return leaf in _IGNORED or (name.startswith("eval.") and f"{leaf}@eval" in _IGNORED)
+
+
+def _stage_of_model(model: str) -> Stage:
+  return next(s for s in STAGES if s.model == model)
+
+
+def _lineage(config: ConfigDict, model: str) -> list[str]:
+  """The stage blocks `model` depends on: its stage's and its inputs' (transitively)."""
+  stage = _stage_of_model(model)
+  if stage.parent is None:
+    return ["pretrain"] if config.init == "pretrain" else []
+  inputs = [stage.parent_model(config)]
+  if stage.name == "distill" and not config.distill.student:
+    inputs.append(INIT_MODELS[config.distill.init_from])
+  blocks = [stage.name]
+  for m in inputs:
+    blocks += [b for b in _lineage(config, m) if b not in blocks]
+  return blocks
+
+
+def fingerprint(config: ConfigDict, model: str) -> dict:
+  """{dotted field: value} of every field that shapes `model` and its evaluation."""
+  out = {}
+  for key in (*_RUN_WIDE, *_lineage(config, model), "eval"):
+    out.update(_flatten(config[key], key))
+  return {k: v for k, v in sorted(out.items()) if not _ignored(k)}
+
+
+def changed_fields(saved: dict, current: dict) -> list[str]:
+  """'name: old -> new' for every field that differs (added / removed fields too)."""
+  missing = object()
+  out = []
+  for k in sorted(set(saved) | set(current)):
+    old, new = saved.get(k, missing), current.get(k, missing)
+    if old != new:
+      show = lambda v: "(absent)" if v is missing else repr(v)
+      out.append(f"{k}: {show(old)} -> {show(new)}")
+  return out
+
+
+def check_fingerprint(config: ConfigDict, model: str, directory, log=print) -> None:
+  """Compares (or first writes) `directory/fingerprint.json` for `model` (module docstring)."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  path = epath.Path(directory) / FILE
+  current = fingerprint(config, model)
+  if path.exists():
+    changed = changed_fields(read_json(path), current)
+    if not changed:
+      return
+    shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+    if not config.get("allow_config_change", False):
+      raise ValueError(f"the config changed since {model} was made in {directory}: {shown}. Use "
+                       f"another --workdir, delete {directory}, or pass "
+                       f"--config.allow_config_change=True to reuse it anyway")
+    log(f"[config] {model}: reusing results made with another config ({shown})")
+  write_json(path, current)
