@@ -23,7 +23,7 @@ def main(process_id: int, n: int, port: int, workdir: str):
   from configs.pipeline import tiny
   from reasoner import sharding
   from reasoner.model import ModelConfig
-  from reasoner.io.metrics_log import MetricsWriter
+  from reasoner.io import MetricsWriter, barrier
   from reasoner.stages.context import StageContext
   from reasoner.stages.grpo import run_grpo
   from reasoner.tokenizer import train_sentencepiece
@@ -50,8 +50,10 @@ def main(process_id: int, n: int, port: int, workdir: str):
                           head_dim=8, d_ff=64, max_seq_len=128)
   mesh = sharding.make_mesh(2, -1, 1)
   params = sharding.sharded_init(model_cfg, jax.random.PRNGKey(0), mesh)
-  ctx = StageContext(cfg, workdir, mesh, model_cfg, tok, MetricsWriter(os.path.join(workdir, f"m{process_id}")))
+  # One metrics file: process 0 writes it, every process reads it after the barrier.
+  ctx = StageContext(cfg, workdir, mesh, model_cfg, tok, MetricsWriter(os.path.join(workdir, "m")))
   new = run_grpo(ctx, params, jax.random.PRNGKey(1))
+  barrier("metrics written")
   delta = sum(float(np.abs(sharding.to_host(a) - sharding.to_host(b)).sum())
               for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)))
   rows = ctx.writer.read("grpo")

@@ -10,6 +10,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from reasoner.io.log import is_writer
+
 
 def _scalar(v) -> Optional[float]:
   try:
@@ -22,13 +24,16 @@ def _scalar(v) -> Optional[float]:
 
 
 class MetricsWriter:
-  """Appends `{"stage", "step", ...}` lines to DIR/metrics.jsonl and scalars to TensorBoard."""
+  """Appends `{"stage", "step", ...}` lines to DIR/metrics.jsonl and scalars to TensorBoard.
+  On several processes only process 0 writes (`reasoner.io.log`); every process can read."""
 
   def __init__(self, workdir: str, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._writer = is_writer()
+    if self._writer:
+      os.makedirs(workdir, exist_ok=True)
     self._tb = None
-    if tensorboard:
+    if tensorboard and self._writer:
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -41,8 +46,9 @@ class MetricsWriter:
       s = _scalar(v)
       if s is not None:
         row[k] = s
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self._writer:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in row.items():
         if k not in ("stage", "step", "time"):
@@ -76,5 +82,7 @@ class Progress:
     eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
     shown = " ".join(f"{k}={_scalar(v):.4g}" for k, v in dict(metrics).items() if _scalar(v) is not None)
     pct = 100.0 * step / max(1, self.total)
+    if not is_writer():
+      return
     print(f"[{self.stage}] step {step}/{self.total} ({pct:.0f}%) {shown} | {elapsed:.1f}s elapsed, "
           f"ETA {eta:.1f}s", file=self.stream, flush=True)

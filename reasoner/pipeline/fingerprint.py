@@ -19,7 +19,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from reasoner.io import read_json, write_json
+from reasoner.io import is_writer, read_json, write_json
 from reasoner.stages import STAGES, Stage
 from reasoner.stages.distill import INIT_MODELS
 
@@ -99,4 +99,5 @@ def check_fingerprint(config: ConfigDict, model: str, directory, log=print) -> N
                        f"another --workdir, delete {directory}, or pass "
                        f"--config.allow_config_change=True to reuse it anyway")
     log(f"[config] {model}: reusing results made with another config ({shown})")
-  write_json(path, current)
+  if is_writer():
+    write_json(path, current)

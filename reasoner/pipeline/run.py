@@ -21,7 +21,7 @@ from ml_collections import ConfigDict
 
 from reasoner import sharding
 from reasoner.checkpoint import load_model
-from reasoner.io import MetricsWriter, read_json, write_json
+from reasoner.io import MetricsWriter, barrier, is_writer, log, read_json, write_json
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
@@ -36,11 +36,6 @@ from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiec
 from reasoner.data.tasks import mixture
 
 
-def _log(msg: str):
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
 def build_tokenizer(config: ConfigDict, workdir: str):
   tok_dir = os.path.join(workdir, "tokenizer")
   kind = config.tokenizer.kind
@@ -49,14 +44,17 @@ def build_tokenizer(config: ConfigDict, workdir: str):
   if kind == "from_init":
     init_tok = os.path.join(config.init, "tokenizer")
     return load_tokenizer(init_tok if os.path.isdir(init_tok) else config.init)
-  if os.path.exists(os.path.join(tok_dir, "tokenizer.model")):
-    return load_tokenizer(tok_dir)
-  tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
-  probs = mixture(tasks, "train", 4000, stable_seed(config.seed, "tokenizer"), config.data.difficulty)
-  texts = ([corpus_document(p) for p in probs]
-           + [format_prompt(p.prompt, config.tokenizer.template) + p.solution for p in probs])
-  _log(f"[tokenizer] training SentencePiece (vocab {config.tokenizer.vocab_size}) on {len(texts)} texts")
-  return train_sentencepiece(texts, tok_dir, vocab_size=config.tokenizer.vocab_size)
+  if not os.path.exists(os.path.join(tok_dir, "tokenizer.model")) and is_writer():
+    tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
+    probs = mixture(tasks, "train", 4000, stable_seed(config.seed, "tokenizer"),
+                    config.data.difficulty)
+    texts = ([corpus_document(p) for p in probs]
+             + [format_prompt(p.prompt, config.tokenizer.template) + p.solution for p in probs])
+    log(f"[tokenizer] training SentencePiece (vocab {config.tokenizer.vocab_size}) on "
+        f"{len(texts)} texts")
+    train_sentencepiece(texts, tok_dir, vocab_size=config.tokenizer.vocab_size)
+  barrier("tokenizer")  # the other processes load what process 0 trained
+  return load_tokenizer(tok_dir)
 
 
 def build_model_config(config: ConfigDict, tokenizer) -> ModelConfig:
@@ -82,7 +80,7 @@ def _load_initial(config: ConfigDict, mesh, tokenizer):
   model_cfg = training_model_config(
       model_cfg.replace(dtype=config.model.dtype, remat=config.model.remat), config)
   if tokenizer.vocab_size > model_cfg.vocab_size:
-    _log(f"[init] growing the vocabulary {model_cfg.vocab_size} -> "
+    log(f"[init] growing the vocabulary {model_cfg.vocab_size} -> "
          f"{padded_vocab_size(tokenizer.vocab_size)} for the reasoning tags")
     params, model_cfg = grow_vocab(params, model_cfg, padded_vocab_size(tokenizer.vocab_size))
   return sharding.shard_params(params, model_cfg, mesh), model_cfg
@@ -124,8 +122,9 @@ class Pipeline:
                        batch_size=e.batch_size)
     metrics.update(extra or {})
     metrics["eval_seconds"] = time.time() - t0
-    write_json(path, metrics)
-    _log(f"[eval] {model}: pass@1={100 * metrics['pass@1']:.1f}% "
+    if is_writer():
+      write_json(path, metrics)
+    log(f"[eval] {model}: pass@1={100 * metrics['pass@1']:.1f}% "
          f"greedy={100 * metrics['greedy_acc']:.1f}% "
          f"format={100 * metrics['format_rate']:.1f}% ({metrics['eval_seconds']:.0f}s)")
     return metrics
@@ -141,7 +140,7 @@ class Pipeline:
           stage.parent is None and config.init != "pretrain"):
         # Before anything of the model's is reused (its final directory, eval.json, and the step
         # checkpoints of the stage making it, which the fingerprint predates).
-        check_fingerprint(config, stage.model, self.ctx.stage_dir(stage.model), _log)
+        check_fingerprint(config, stage.model, self.ctx.stage_dir(stage.model), log)
       if has_model(self.ctx, stage.model):
         params, model_cfg = load_stage_model(self.ctx, stage.model)
       elif stage.parent is None and config.init != "pretrain":
@@ -167,8 +166,8 @@ class Pipeline:
     if jax.process_index() == 0:
       report_lib.write_report(os.path.join(self.workdir, "report.json"), self.report, extra)
       self._plots()
-      _log("\n" + report_lib.format_table(self.report))
-      _log(f"\nreport: {os.path.join(self.workdir, 'report.json')}")
+      log("\n" + report_lib.format_table(self.report))
+      log(f"\nreport: {os.path.join(self.workdir, 'report.json')}")
     self.writer.close()
     return self.report
 
@@ -187,9 +186,12 @@ class Pipeline:
     path = os.path.join(self.ctx.stage_dir("dpo"), "heldout_pairs.json")
     m3, m3_cfg = load_stage_model(self.ctx, "distill")
     m3_ctx = self.ctx.for_model(m3_cfg)
-    if not os.path.exists(path):
-      write_json(path, held_out_pairs(m3_ctx, m3, jax.random.fold_in(self.rng, 4242)), indent=None)
-    pairs = [tuple(p) for p in read_json(path)]
+    if os.path.exists(path):
+      pairs = [tuple(p) for p in read_json(path)]
+    else:  # every process samples the same pairs; one writes them
+      pairs = held_out_pairs(m3_ctx, m3, jax.random.fold_in(self.rng, 4242))
+      if is_writer():
+        write_json(path, pairs, indent=None)
     return {**preference_metrics(m3_ctx, params, m3, pairs, self.config.dpo.seq_len),
             "n_pref_pairs": len(pairs)}
 

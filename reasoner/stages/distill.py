@@ -21,6 +21,7 @@ from reasoner.stages.context import StageContext
 from reasoner.stages.models import load_stage_model
 from reasoner.stages.rollouts import sample_and_verify
 from reasoner.stages.supervised import run_supervised
+from reasoner.io.log import log
 
 
 def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temperature: float,
@@ -76,8 +77,8 @@ def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):
   kept, stats = rejection_sample(ctx, teacher_params, problems, distill_cfg.samples_per_problem,
                                  distill_cfg.temperature, distill_cfg.max_new_tokens,
                                  jax.random.fold_in(rng, 0))
-  print(f"[distill] rejection sampling: {stats['correct']}/{stats['sampled']} correct "
-        f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept", flush=True)
+  log(f"[distill] rejection sampling: {stats['correct']}/{stats['sampled']} correct "
+        f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept")
   if ctx.writer is not None:
     ctx.writer.write("distill", 0, stats)
   return run_supervised(student_ctx, "distill", student_params, kept, distill_cfg,

@@ -32,6 +32,7 @@ from reasoner.stages.supervised import epoch_batches
 from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
 from reasoner.train import make_eval_fn, make_optimizer, make_train_step
 from reasoner.train.packing import pack_sequences
+from reasoner.io.log import log
 
 
 def sampled_pairs(ctx: StageContext, params, problems, n: int, temperature: float, max_new: int,
@@ -115,7 +116,7 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
   if not pairs:
     raise ValueError("[dpo] no preference pairs: the model's samples were all correct or all wrong; "
                      "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
-  print(f"[dpo] {len(pairs)} preference pairs", flush=True)
+  log(f"[dpo] {len(pairs)} preference pairs")
   optimizer = make_optimizer(dpo_cfg.optim)
   state = init_stage_state(ctx, "dpo", params, optimizer)
   ref = params if state.frozen is None else state.frozen  # LoRA: the frozen base, adapters off

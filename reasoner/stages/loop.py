@@ -33,6 +33,7 @@ import numpy as np
 from reasoner.checkpoint import CheckpointManager
 from reasoner.io.metrics_log import MetricsWriter, Progress
 from reasoner.train import TrainState
+from reasoner.io.log import log
 
 
 def _abstract(tree):
@@ -112,7 +113,7 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
     restored = mgr.restore(start, params_target=_abstract(state.params),
                            opt_state_target=_abstract(state.opt_state))
     state = state.replace(step=start, params=restored["params"], opt_state=restored["opt_state"])
-    print(f"[{stage}] resumed from checkpoint step {start}/{n_steps}", flush=True)
+    log(f"[{stage}] resumed from checkpoint step {start}/{n_steps}")
   progress = Progress(stage, n_steps, start=start, every=log_every)
   skipped_in_a_row = skipped_total = 0
   with _Preemption() as preemption:
@@ -122,8 +123,8 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
       if "skipped" in metrics and float(metrics["skipped"]) > 0:
         skipped_in_a_row += 1
         skipped_total += 1
-        print(f"[{stage}] step {done}: non-finite loss or gradient, update skipped "
-              f"({skipped_in_a_row} in a row, {skipped_total} in all)", flush=True)
+        log(f"[{stage}] step {done}: non-finite loss or gradient, update skipped "
+              f"({skipped_in_a_row} in a row, {skipped_total} in all)")
         if skipped_in_a_row >= max_skipped:
           mgr.wait()
           raise NonFiniteError(f"[{stage}] {skipped_in_a_row} non-finite steps in a row (up to step "
@@ -146,8 +147,8 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
       if preempted:
         mgr.wait()
         mgr.close()
-        print(f"[{stage}] SIGTERM: checkpointed step {done}/{n_steps}; rerun the same command "
-              f"to resume", flush=True)
+        log(f"[{stage}] SIGTERM: checkpointed step {done}/{n_steps}; rerun the same command "
+              f"to resume")
         sys.exit(143)
   mgr.wait()
   mgr.close()

@@ -14,6 +14,7 @@ from reasoner.stages.loop import train_loop
 from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
 from reasoner.train import make_optimizer, make_train_step
 from reasoner.train.packing import pack_sequences
+from reasoner.io.log import log
 
 
 def epoch_batches(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -35,7 +36,7 @@ def run_supervised(ctx: StageContext, stage: str, params, examples: Sequence[tup
     raise ValueError(f"[{stage}] no training examples")
   packed = pack_sequences(list(examples), scfg.seq_len, ctx.tokenizer.pad_id)
   n_rows = packed["tokens"].shape[0]
-  print(f"[{stage}] {len(examples)} examples packed into {n_rows} rows of {scfg.seq_len} tokens", flush=True)
+  log(f"[{stage}] {len(examples)} examples packed into {n_rows} rows of {scfg.seq_len} tokens")
   optimizer = make_optimizer(scfg.optim)
   state = init_stage_state(ctx, stage, params, optimizer)
   loss_fn = functools.partial(sft_loss, model_cfg=ctx.model_cfg)

@@ -26,6 +26,7 @@ from reasoner.model import lora
 from reasoner.stages.context import StageContext, stable_seed
 from reasoner.train import init_train_state
 from reasoner.train.state import TrainState, model_params
+from reasoner.io.log import log
 
 
 def uses_lora(ctx: StageContext) -> bool:
@@ -62,9 +63,9 @@ def init_stage_state(ctx: StageContext, stage: str, params, optimizer) -> TrainS
   shardings = train_shardings(ctx)
   adapters = jax.jit(lambda r: lora.init_lora(model_cfg, r), out_shardings=shardings)(rng)
   n_base = sum(x.size for x in jax.tree.leaves(base))
-  print(f"[{stage}] LoRA rank {model_cfg.lora_rank} (alpha {model_cfg.lora_alpha:g}) on "
+  log(f"[{stage}] LoRA rank {model_cfg.lora_rank} (alpha {model_cfg.lora_alpha:g}) on "
         f"{','.join(lora.lora_targets(model_cfg))}: training {lora.lora_param_count(model_cfg):,} adapter "
-        f"params on a frozen {model_cfg.param_dtype} base of {n_base:,}", flush=True)
+        f"params on a frozen {model_cfg.param_dtype} base of {n_base:,}")
   return init_train_state(adapters, optimizer, mesh=ctx.mesh, param_shardings=shardings,
                           frozen=base, frozen_shardings=None if ctx.mesh is None
                           else ctx.param_shardings)
