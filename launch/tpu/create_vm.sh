@@ -4,19 +4,18 @@
 #   ZONE=us-east5-b ACCELERATOR=v5p-32 NAME=reasoner-v5p bash launch/tpu/create_vm.sh
 #
 # Needs an authenticated gcloud with a project set. The repository is copied from this checkout.
+# SPOT=1 asks for a spot (preemptible) VM; DRY_RUN=1 prints the commands instead.
 set -euo pipefail
-NAME=${NAME:-reasoner}
+source "$(dirname "$0")/common.sh"
 ZONE=${ZONE:?set ZONE, e.g. us-east5-b}
 ACCELERATOR=${ACCELERATOR:-v5litepod-8}
 VERSION=${VERSION:-v2-alpha-tpuv5}
-REPO_DIR=$(cd "$(dirname "$0")/../.." && pwd)
 
-gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
+run gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
   --version="$VERSION" ${SPOT:+--spot}
-
-tar -C "$REPO_DIR" --exclude=.git --exclude=runs -czf /tmp/reasoner.tgz .
-gcloud compute tpus tpu-vm scp /tmp/reasoner.tgz "$NAME":~/reasoner.tgz --zone="$ZONE" --worker=all
-gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command='
+run tar -C "$REPO_DIR" --exclude=.git --exclude=runs -czf /tmp/reasoner.tgz .
+run gcloud compute tpus tpu-vm scp /tmp/reasoner.tgz "$NAME":~/reasoner.tgz --zone="$ZONE" --worker=all
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command='
   set -e
   mkdir -p ~/reasoner && tar -C ~/reasoner -xzf ~/reasoner.tgz
   cd ~/reasoner
