@@ -15,11 +15,16 @@ from etils import epath
 
 
 def write_text(path, text: str) -> None:
-  """Writes `text` to `path` atomically (a temporary file renamed over it); makes the parent."""
+  """Writes `text` to `path` atomically (see `write_bytes`)."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` atomically (a temporary file renamed over it); makes the parent."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   tmp.replace(path)
 
 
@@ -31,3 +36,23 @@ def write_json(path, value: Any, *, indent: int | None = 2,
 
 def read_json(path) -> Any:
   return json.loads(epath.Path(path).read_text())
+
+
+def exists(path) -> bool:
+  return epath.Path(path).exists()
+
+
+def is_local(path) -> bool:
+  """Whether `path` is on this machine's filesystem (not a gs:// or other URL)."""
+  return "://" not in str(path)
+
+
+def join(path, *parts: str) -> str:
+  """`path / parts` as a string, for local paths and URLs alike."""
+  return str(epath.Path(path).joinpath(*parts))
+
+
+def makedirs(path) -> str:
+  """Creates `path` and its parents (no error when it exists); returns it."""
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+  return str(path)

@@ -10,6 +10,9 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from etils import epath
+
+from reasoner.io.files import exists, is_local, join, makedirs, write_text
 from reasoner.io.log import is_writer
 
 
@@ -28,12 +31,13 @@ class MetricsWriter:
   On several processes only process 0 writes (`reasoner.io.log`); every process can read."""
 
   def __init__(self, workdir: str, tensorboard: bool = True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = join(workdir, "metrics.jsonl")
     self._writer = is_writer()
     if self._writer:
-      os.makedirs(workdir, exist_ok=True)
+      makedirs(workdir)
     self._tb = None
-    if tensorboard and self._writer:
+    # TensorBoard event files are written where the run is local; the JSONL goes everywhere.
+    if tensorboard and self._writer and is_local(workdir):
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -47,8 +51,13 @@ class MetricsWriter:
       if s is not None:
         row[k] = s
     if self._writer:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      line = json.dumps(row) + "\n"
+      if is_local(self.path):
+        with open(self.path, "a") as f:
+          f.write(line)
+      else:  # object stores cannot append: the file is rewritten whole (atomically)
+        old = epath.Path(self.path).read_text() if exists(self.path) else ""
+        write_text(self.path, old + line)
     if self._tb is not None:
       for k, v in row.items():
         if k not in ("stage", "step", "time"):
@@ -56,9 +65,10 @@ class MetricsWriter:
     return row
 
   def read(self, stage: Optional[str] = None) -> list[dict]:
-    if not os.path.exists(self.path):
+    if not exists(self.path):
       return []
-    rows = [json.loads(line) for line in open(self.path) if line.strip()]
+    rows = [json.loads(line) for line in epath.Path(self.path).read_text().splitlines()
+            if line.strip()]
     return [r for r in rows if stage is None or r["stage"] == stage]
 
   def close(self):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
-from reasoner.io import write_json
+from reasoner.io import write_bytes, write_json
 
 STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("grpo", "M2 GRPO"),
                 ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
@@ -61,5 +62,7 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: 
     ax.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=90, format="png")
+  write_bytes(path, buf.getvalue())
   return True

@@ -13,7 +13,6 @@ and that param_dtype come from the pipeline config onto every model loaded from 
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -21,7 +20,8 @@ from ml_collections import ConfigDict
 
 from reasoner import sharding
 from reasoner.checkpoint import load_model
-from reasoner.io import MetricsWriter, barrier, is_writer, log, read_json, write_json
+from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, makedirs, read_json,
+                         write_json)
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import resolve_stages, validate_config
@@ -37,14 +37,14 @@ from reasoner.data.tasks import mixture
 
 
 def build_tokenizer(config: ConfigDict, workdir: str):
-  tok_dir = os.path.join(workdir, "tokenizer")
+  tok_dir = join(workdir, "tokenizer")
   kind = config.tokenizer.kind
   if kind == "dir":
     return load_tokenizer(config.tokenizer.path)
   if kind == "from_init":
-    init_tok = os.path.join(config.init, "tokenizer")
-    return load_tokenizer(init_tok if os.path.isdir(init_tok) else config.init)
-  if not os.path.exists(os.path.join(tok_dir, "tokenizer.model")) and is_writer():
+    init_tok = join(config.init, "tokenizer")
+    return load_tokenizer(init_tok if exists(init_tok) else config.init)
+  if not exists(join(tok_dir, "tokenizer.model")) and is_writer():
     tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
     probs = mixture(tasks, "train", 4000, stable_seed(config.seed, "tokenizer"),
                     config.data.difficulty)
@@ -73,7 +73,7 @@ def _load_initial(config: ConfigDict, mesh, tokenizer):
   path = config.init
   # Under LoRA the weights are a frozen base, read straight into its storage dtype.
   dtype = config.model.get("param_dtype") if config.model.get("lora_rank") else None
-  if os.path.exists(os.path.join(path, "model_config.json")):
+  if exists(join(path, "model_config.json")):
     params, model_cfg, _, _ = load_model(path, dtype=dtype)
   else:
     params, model_cfg = import_hf(path, **({"dtype": dtype} if dtype else {}))
@@ -93,7 +93,7 @@ class Pipeline:
   def __init__(self, config: ConfigDict, workdir: str):
     validate_config(config)
     self.config, self.workdir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
+    makedirs(workdir)
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     self.tokenizer = build_tokenizer(config, workdir)
     self.writer = MetricsWriter(workdir)
@@ -108,8 +108,8 @@ class Pipeline:
 
   # ---- evaluation ----------------------------------------------------------------------------
   def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
-    path = os.path.join(self.ctx.stage_dir(model), "eval.json")
-    if os.path.exists(path):
+    path = join(self.ctx.stage_dir(model), "eval.json")
+    if exists(path):
       return read_json(path)
     e = self.config.eval
     if self._eval_problems is None:
@@ -164,10 +164,10 @@ class Pipeline:
     extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,
              "total_seconds": time.time() - t_start}
     if jax.process_index() == 0:
-      report_lib.write_report(os.path.join(self.workdir, "report.json"), self.report, extra)
+      report_lib.write_report(join(self.workdir, "report.json"), self.report, extra)
       self._plots()
       log("\n" + report_lib.format_table(self.report))
-      log(f"\nreport: {os.path.join(self.workdir, 'report.json')}")
+      log(f"\nreport: {join(self.workdir, 'report.json')}")
     self.writer.close()
     return self.report
 
@@ -183,10 +183,10 @@ class Pipeline:
 
   def _pref_metric(self, params) -> dict:
     """Preference accuracy on held-out pairs sampled once from M3 (for the M3 and M4 rows)."""
-    path = os.path.join(self.ctx.stage_dir("dpo"), "heldout_pairs.json")
+    path = join(self.ctx.stage_dir("dpo"), "heldout_pairs.json")
     m3, m3_cfg = load_stage_model(self.ctx, "distill")
     m3_ctx = self.ctx.for_model(m3_cfg)
-    if os.path.exists(path):
+    if exists(path):
       pairs = [tuple(p) for p in read_json(path)]
     else:  # every process samples the same pairs; one writes them
       pairs = held_out_pairs(m3_ctx, m3, jax.random.fold_in(self.rng, 4242))
@@ -200,7 +200,7 @@ class Pipeline:
                         ("pretrain", ("loss",)), ("sft", ("loss", "accuracy")),
                         ("distill", ("loss",)), ("dpo", ("loss", "reward_accuracy", "reward_margin"))):
       rows = [r for r in self.writer.read(stage) if r["step"] > 0]
-      report_lib.plot_curves(rows, keys, os.path.join(self.workdir, f"{stage}_curves.png"), stage)
+      report_lib.plot_curves(rows, keys, join(self.workdir, f"{stage}_curves.png"), stage)
 
 
 def run_pipeline(config: ConfigDict, workdir: str) -> dict:

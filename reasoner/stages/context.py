@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Optional, Sequence
 
 import jax
@@ -20,6 +19,7 @@ from reasoner import sharding
 from reasoner.data.datasets import load_gsm8k, load_jsonl_problems
 from reasoner.data.problem import Problem
 from reasoner.data.tasks import mixture
+from reasoner.io import join, makedirs
 from reasoner.io.metrics_log import MetricsWriter
 from reasoner.model.config import ModelConfig
 from reasoner.sampling import SamplingConfig
@@ -55,12 +55,10 @@ class StageContext:
     return self.config.tokenizer.template
 
   def stage_dir(self, stage: str) -> str:
-    path = os.path.join(self.workdir, "stages", stage)
-    os.makedirs(path, exist_ok=True)
-    return path
+    return makedirs(join(self.workdir, "stages", stage))
 
   def final_dir(self, stage: str) -> str:
-    return os.path.join(self.workdir, "stages", stage, "final")
+    return join(self.workdir, "stages", stage, "final")
 
   @property
   def param_shardings(self):

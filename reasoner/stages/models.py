@@ -7,10 +7,10 @@ come from the pipeline config onto every model loaded from disk.
 
 from __future__ import annotations
 
-import os
 
 from ml_collections import ConfigDict
 
+from reasoner.io import exists, join
 from reasoner.checkpoint import load_model, read_model_config, save_model
 from reasoner.model.config import ModelConfig
 from reasoner.stages.context import StageContext
@@ -33,7 +33,7 @@ def training_model_config(model_cfg: ModelConfig, config: ConfigDict) -> ModelCo
 
 
 def has_model(ctx: StageContext, name: str) -> bool:
-  return os.path.exists(os.path.join(ctx.final_dir(name), "model_config.json"))
+  return exists(join(ctx.final_dir(name), "model_config.json"))
 
 
 def save_stage_model(ctx: StageContext, name: str, params, model_cfg: ModelConfig) -> None:
