@@ -231,3 +231,20 @@ def test_fingerprints_name_the_changed_fields(tmp_path):
   r1.r1_zero = True
   assert not any(k.startswith("sft.") for k in fingerprint(r1, "grpo"))
   assert any(k.startswith("sft.") for k in fingerprint(r1, "distill"))
+
+
+def test_progress_line_stays_short_and_readable(capsys):
+  from reasoner.io.metrics_log import PROGRESS_MAX, format_duration, progress_items
+
+  assert [format_duration(s) for s in (12.44, 185, 7380)] == ["12.4s", "3m05s", "2h03m"]
+  metrics = {f"zz{i}": float(i) for i in range(30)}
+  metrics.update(loss=0.5, reward=0.25, _hidden=1.0, text="no")
+  items = progress_items(metrics)
+  assert len(items) == PROGRESS_MAX and items[:2] == [("loss", 0.5), ("reward", 0.25)]
+  assert "_hidden" not in dict(items) and "text" not in dict(items)
+  progress = Progress("grpo", total=4000, every=10)
+  progress.t0 -= 3 * 3600  # three hours in
+  progress.update(1000, metrics)
+  line = capsys.readouterr().out.strip()
+  assert line.startswith("[grpo] step 1000/4000 (25%) loss=0.5 reward=0.25")
+  assert line.endswith("3h00m elapsed, ETA 9h00m") and len(line) < 200

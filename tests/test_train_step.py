@@ -1,6 +1,7 @@
 """Optimiser, train state and the jitted (sharded) train / eval steps on a tiny model."""
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -323,3 +324,24 @@ def test_train_loop_stops_on_a_run_of_skips_and_never_saves_non_finite_params(tm
     train_loop("t", state, step_fn(3, poison=True), 20, stage_dir=str(tmp_path / "b"),
                writer=writer, rng=RNG, log_every=1, checkpoint_every=2)
   assert CheckpointManager(tmp_path / "b" / "ckpt").latest_step() == 2
+
+
+def test_train_loop_logs_step_time_and_tokens_per_second(tmp_path):
+  from reasoner.io import MetricsWriter
+  from reasoner.stages.loop import train_loop
+
+  opt = make_optimizer(dict(learning_rate=1e-2, schedule="constant"))
+  writer = MetricsWriter(str(tmp_path), tensorboard=False)
+
+  def step_fn(state, step, rng):
+    time.sleep(0.05)
+    return state, {"loss": 1.0, "n_tokens": 100.0, "skipped": 0.0}
+
+  train_loop("s", init_train_state(params(), opt), step_fn, 4, stage_dir=str(tmp_path / "s"),
+             writer=writer, rng=RNG, log_every=2, checkpoint_every=100)
+  rows = writer.read("s")
+  assert [r["step"] for r in rows] == [2, 4]
+  for r in rows:
+    assert 0.05 <= r["time/step_s"] < 5 and r["tokens_per_s"] == pytest.approx(100 / r["time/step_s"],
+                                                                               rel=0.05)
+    assert r["skipped_steps"] == 0

@@ -76,8 +76,39 @@ class MetricsWriter:
       self._tb.close()
 
 
+# The metrics a progress line shows first (when present), so it stays short and the same shape
+# over hours; every metric still goes to metrics.jsonl and TensorBoard.
+PROGRESS_KEYS = ("loss", "reward", "reward/r_out", "accuracy", "reward_accuracy", "response_length",
+                 "grad_norm", "learning_rate", "tokens_per_s", "time/step_s", "mem/in_use_gib",
+                 "logprob_gap/max", "skipped_steps")
+PROGRESS_MAX = 10
+
+
+def format_duration(seconds: float) -> str:
+  """12.4s, 3m05s or 2h03m."""
+  if seconds != seconds:  # NaN
+    return "?"
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  if minutes < 60:
+    return f"{minutes}m{secs:02d}s"
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m"
+
+
+def progress_items(metrics: Mapping[str, object], limit: int = PROGRESS_MAX) -> list:
+  """(name, value) of the scalars to show: PROGRESS_KEYS first, then the rest by name."""
+  scalars = {k: _scalar(v) for k, v in dict(metrics).items() if not k.startswith("_")}
+  scalars = {k: v for k, v in scalars.items() if v is not None}
+  ordered = [k for k in PROGRESS_KEYS if k in scalars] + sorted(k for k in scalars
+                                                                  if k not in PROGRESS_KEYS)
+  return [(k, scalars[k]) for k in ordered[:limit]]
+
+
 class Progress:
-  """Prints `[stage] step 12/60 (20%) k=v ... | 3.1s elapsed, ETA 12.4s` every `every` steps."""
+  """Prints `[stage] step 12/60 (20%) k=v ... | 3.1s elapsed, ETA 12.4s` every `every` steps:
+  at most PROGRESS_MAX metrics (PROGRESS_KEYS first), durations as 12.4s / 3m05s / 2h03m."""
 
   def __init__(self, stage: str, total: int, start: int = 0, every: int = 10, stream=None):
     self.stage, self.total, self.start, self.every = stage, total, start, max(1, every)
@@ -90,9 +121,10 @@ class Progress:
       return
     elapsed = time.time() - self.t0
     eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-    shown = " ".join(f"{k}={_scalar(v):.4g}" for k, v in dict(metrics).items() if _scalar(v) is not None)
+    shown = " ".join(f"{k}={v:.4g}" for k, v in progress_items(metrics))
     pct = 100.0 * step / max(1, self.total)
     if not is_writer():
       return
-    print(f"[{self.stage}] step {step}/{self.total} ({pct:.0f}%) {shown} | {elapsed:.1f}s elapsed, "
-          f"ETA {eta:.1f}s", file=self.stream, flush=True)
+    print(f"[{self.stage}] step {step}/{self.total} ({pct:.0f}%) {shown} | "
+          f"{format_duration(elapsed)} elapsed, ETA {format_duration(eta)}", file=self.stream,
+          flush=True)

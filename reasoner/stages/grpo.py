@@ -81,8 +81,10 @@ def make_collect(ctx: StageContext):
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
     ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, 0),
                     batch_rows=int(grpo_cfg.rollout_rows))
+    t_reward = time.perf_counter()
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
                                      grpo_cfg.reward)
+    reward_s = time.perf_counter() - t_reward
     adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
     keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if grpo_cfg.dynamic_sampling
             else np.ones(P * G, bool))
@@ -99,7 +101,9 @@ def make_collect(ctx: StageContext):
     metrics = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
     metrics.update(reward=float(np.mean(rewards)), response_length=float(ro.lengths.mean()),
                    groups_kept=float(keep.reshape(P, G)[:, 0].mean()), done_rate=float(ro.done.mean()),
-                   **{"time/rollout_s": time.perf_counter() - t0})
+                   sampled_tokens=float(ro.lengths.sum()),
+                   **{"time/rollout_s": time.perf_counter() - t0 - reward_s,
+                      "time/reward_s": reward_s})
     return GRPOBatch(rows, behaviour, metrics, bool(keep.any()))
 
   return collect
@@ -237,8 +241,10 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
       extra = None if replay is None else (lambda k: {"replay": replay(step, k)})
       state, updates = run_epochs(train_step, state, batch, rng, epochs=grpo_cfg.epochs,
                                   minibatches_per_epoch=grpo_cfg.minibatches, seed=step, extra=extra)
-      # The last update's metrics, and how many of the step's updates were skipped.
-      metrics = {**updates[-1], "skipped": sum(u["skipped"] for u in updates)}
+      # The last update's metrics, how many of the step's updates were skipped and the loss
+      # tokens of all of them.
+      metrics = {**updates[-1], "skipped": sum(u["skipped"] for u in updates),
+                 "n_tokens": sum(u["n_tokens"] for u in updates)}
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
     metrics["time/learn_s"] = time.perf_counter() - t0

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 import jax
@@ -101,6 +102,18 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def device_memory() -> dict:
+  """{'mem/in_use_gib', 'mem/peak_gib'} of the most loaded local device, where the backend
+  reports memory (GPU, TPU); {} on CPU."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  stats = [s for s in stats if s and "bytes_in_use" in s]
+  if not stats:
+    return {}
+  gib = 2.0 ** 30
+  return {"mem/in_use_gib": max(s["bytes_in_use"] for s in stats) / gib,
+          "mem/peak_gib": max(s.get("peak_bytes_in_use", 0) for s in stats) / gib}
+
+
 def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *, stage_dir: str,
                writer: MetricsWriter, rng: jax.Array, log_every: int = 10,
                checkpoint_every: int = 50, max_skipped: int = 5) -> TrainState:
@@ -116,10 +129,14 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
     log(f"[{stage}] resumed from checkpoint step {start}/{n_steps}")
   progress = Progress(stage, n_steps, start=start, every=log_every)
   skipped_in_a_row = skipped_total = 0
+  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   with _Preemption() as preemption:
     for step in range(start, n_steps):
       state, metrics = step_fn(state, step, step_rng(rng, step))
       done = step + 1
+      window_steps += 1
+      if "n_tokens" in metrics:  # loss tokens of the step (a host sync only where it is logged)
+        window_tokens += float(metrics["n_tokens"])
       if "skipped" in metrics and float(metrics["skipped"]) > 0:
         skipped_in_a_row += 1
         skipped_total += 1
@@ -133,7 +150,14 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
       else:
         skipped_in_a_row = 0
       if done % log_every == 0 or done == n_steps:
-        metrics = dict(jax.device_get(metrics), skipped_steps=skipped_total)
+        # Telemetry over the steps since the last line: wall time per step, trained tokens/s,
+        # device memory in use.
+        window = time.perf_counter() - window_start
+        metrics = dict(jax.device_get(metrics), skipped_steps=skipped_total,
+                       **{"time/step_s": window / window_steps}, **device_memory())
+        if window_tokens:
+          metrics["tokens_per_s"] = window_tokens / window
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
         writer.write(stage, done, metrics)
         progress.update(done, {k: v for k, v in metrics.items() if not k.startswith("_")},
                         force=True)
