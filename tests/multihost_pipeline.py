@@ -6,19 +6,13 @@ checksum of the final SFT params as this process holds them.
 """
 
 import json
-import os
-import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
+from multihost_common import join  # first: sets up jax for this process
 
 import jax  # noqa: E402
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-
-def main(process_id: int, n: int, port: int, workdir: str):
-  jax.distributed.initialize(f"localhost:{port}", num_processes=n, process_id=process_id)
+def main(process_id: int, n: int, workdir: str):
   import numpy as np
 
   from configs.pipeline import tiny_smoke
@@ -44,5 +38,4 @@ def main(process_id: int, n: int, port: int, workdir: str):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  main(*join())

@@ -27,13 +27,15 @@ _CHOICES = {
     "distill.init_from": tuple(INIT_MODELS),
     "tokenizer.kind": ("sentencepiece", "from_init", "dir"),
 }
-_POSITIVE = ("pretrain.steps", "pretrain.batch_size", "pretrain.seq_len", "sft.steps", "sft.batch_size",
-             "sft.seq_len", "grpo.steps", "grpo.prompts_per_step", "grpo.max_new_tokens", "grpo.epochs",
-             "grpo.minibatches", "grpo.replay_batch_size", "grpo.replay_seq_len", "grpo.replay_problems", "distill.steps",
-             "distill.batch_size", "distill.samples_per_problem", "distill.max_new_tokens", "dpo.steps",
-             "dpo.batch_size", "dpo.max_new_tokens", "dpo.samples_per_problem",
-             "eval.n_problems", "eval.k", "eval.max_new_tokens", "log_every", "checkpoint_every",
-             "max_skipped_steps")
+_POSITIVE = (
+    "pretrain.steps", "pretrain.batch_size", "pretrain.seq_len",
+    "sft.steps", "sft.batch_size", "sft.seq_len",
+    "grpo.steps", "grpo.prompts_per_step", "grpo.max_new_tokens", "grpo.epochs", "grpo.minibatches",
+    "grpo.replay_batch_size", "grpo.replay_seq_len", "grpo.replay_problems",
+    "distill.steps", "distill.batch_size", "distill.samples_per_problem", "distill.max_new_tokens",
+    "dpo.steps", "dpo.batch_size", "dpo.max_new_tokens", "dpo.samples_per_problem",
+    "eval.n_problems", "eval.k", "eval.max_new_tokens",
+    "log_every", "checkpoint_every", "max_skipped_steps")
 
 
 def _get(config, dotted: str):
