@@ -13,7 +13,8 @@ EQUIVALENCE_TABLE = [
     ("1,000", "1000", True),
     ("1,000,000", "1000000", True),
     ("1,000", "1", False),
-    ("1 000", "1000", False),  # a space is not a thousands separator: two numbers
+    ("1 000", "1000", True),  # a space-separated group of exactly three digits
+    ("1 00", "100", False),  # not a thousands group: two numbers
     ("12.50", "12.5", True),
     ("5.0", "5", True),
     (".5", "0.5", True),
