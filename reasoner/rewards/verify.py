@@ -173,7 +173,7 @@ _REPLACE_PATTERNS = (
     (r"\\mathbb\s*\{?\s*R\s*\}?", "(-\\\\infty,\\\\infty)"),
     (r"\\varnothing\b", "\\\\emptyset"),
     (r"\\lbrace\b", "\\\\{"), (r"\\rbrace\b", "\\\\}"), (r"\\lbrack\b", "["), (r"\\rbrack\b", "]"),
-    (r"\\(?:leq?|leqslant)\b", "\\\\le "), (r"\\(?:geq?|geqslant)\b", "\\\\ge "),
+    (r"\\(?:leq?|leqslant)\b|<=", "\\\\le "), (r"\\(?:geq?|geqslant)\b|>=", "\\\\ge "),
     (r"\\(?:left|right)\s*\.", ""),
     (r"\\(?:left|right|[bB]igg?[lr]?)\b", ""),
     (r"\\(?:[,;: ]|quad\b|qquad\b)|~", " "),  # LaTeX spaces are spaces (thousands "1\,000")
@@ -183,6 +183,7 @@ _REPLACE_PATTERNS = (
     (r"\s*\b(?:per\s*cent|percent)$", "%"),
 )
 _REPLACE_COMPILED = tuple((re.compile(p), r) for p, r in _REPLACE_PATTERNS)
+_MATH_DELIMITERS = re.compile(r"\\\((.*)\\\)|\\\[(.*)\\\]", re.S)
 _ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b\s*(?:is|:)?\s*:?\s*", re.I)
 _LABEL = r"(?:[A-Za-z](?:_\{?\w+\}?)?(?:\(\s*[A-Za-z]\s*\))?|\\[A-Za-z]+)"
 _ASSIGNMENT = re.compile(rf"^(?P<label>{_LABEL})\s*(?:=|:|\\in(?![A-Za-z]))\s*(?P<rest>[^=]+)$")
@@ -270,6 +271,9 @@ def _clean(s: str) -> str:
   for pattern, replacement in _REPLACE_COMPILED:
     s = pattern.sub(replacement, s)
   s = re.sub(r"\s+", " ", s).strip()
+  m = _MATH_DELIMITERS.fullmatch(s)
+  if m and not re.search(r"\\[()\[\]]", m.group(1) or m.group(2) or ""):
+    s = (m.group(1) or m.group(2)).strip()
   s = _ANSWER_PREFIX.sub("", s)
   s = s.rstrip(" .")
   m = _ASSIGNMENT.match(s)
@@ -313,8 +317,8 @@ _DECIMAL = re.compile(r"(?P<mant>\d+(?:\.\d*)?|\.\d+)(?:[eE](?P<exp>[-+]?\d+))?"
 _TIMES_POWER_OF_TEN = re.compile(
     r"(?P<mant>[\d.,]+)\s*(?:\\times|\\cdot|\*)\s*10\s*(?:\^|\*\*)\s*\{?\s*(?P<exp>[-+]?\d+)\s*\}?")
 _THOUSANDS_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?: \d{3})+(?:\.\d+)?")
-_MIXED_TEXT = re.compile(r"(?P<whole>\d+) (?P<num>\d+) ?/ ?(?P<den>\d+)")
-_MIXED_LATEX = re.compile(r"(?P<whole>\d+) ?\\[dt]?frac(?![A-Za-z])")
+_MIXED_TEXT = re.compile(r"(?P<whole>\d+) (?:and )?(?P<num>\d+) ?/ ?(?P<den>\d+)")
+_MIXED_LATEX = re.compile(r"(?P<whole>\d+) ?(?:and )?\\[dt]?frac(?![A-Za-z])")
 _SCALED = re.compile(r"(?P<mant>\d+(?:\.\d+)?) (?P<scale>hundred|thousand|million|billion|trillion)")
 _FRAC = re.compile(r"\\[dt]?frac(?![A-Za-z])")
 _SQRT = re.compile(r"(?:\\sqrt|sqrt)")
@@ -558,7 +562,7 @@ def _parse_words(s: str) -> Optional[Fraction]:
       return sign * (whole + frac)
   value = _words_cardinal(tokens)
   if value is None:
-    value = _words_fraction(tokens)
+    value = Fraction(1, 2) if tokens == ["half"] else _words_fraction(tokens)
   return None if value is None else sign * Fraction(value)
 
 
@@ -710,6 +714,33 @@ def _enclosed(s: str, opens: str, closes: str) -> bool:
   return depth == 0
 
 
+_LESS = r"<|\\le(?![A-Za-z])|\\lt(?![A-Za-z])"
+_GREATER = r">|\\ge(?![A-Za-z])|\\gt(?![A-Za-z])"
+_BOUND = r"[^<>=\\]*(?:\\(?!le|ge|lt|gt)[A-Za-z]+[^<>=\\]*)*"
+_BETWEEN = re.compile(rf"(?P<lo>{_BOUND}?)\s*(?P<op1>{_LESS})\s*(?P<var>[A-Za-z])\s*"
+                      rf"(?P<op2>{_LESS})\s*(?P<hi>{_BOUND})")
+_RAY = re.compile(rf"(?P<var>[A-Za-z])\s*(?P<op>{_LESS}|{_GREATER})\s*(?P<bound>{_BOUND})")
+
+
+def _inequality(s: str, depth: int):
+  """"1 \\le x < 2" / "x > 3" as the interval tree it denotes, else None."""
+  m = _BETWEEN.fullmatch(s)
+  if m and m.group("lo").strip() and m.group("hi").strip():
+    open_ = "[" if m.group("op1").startswith("\\le") else "("
+    close = "]" if m.group("op2").startswith("\\le") else ")"
+    ends = [m.group("lo"), m.group("hi")]
+  else:
+    m = _RAY.fullmatch(s)
+    if m is None or not m.group("bound").strip():
+      return None
+    closed = m.group("op").startswith(("\\le", "\\ge"))
+    if re.fullmatch(_LESS, m.group("op")):
+      open_, close, ends = "(", "]" if closed else ")", ["-\\infty", m.group("bound")]
+    else:
+      open_, close, ends = "[" if closed else "(", ")", [m.group("bound"), "\\infty"]
+  return ("seq", open_, close, [_structure(_clean(e), depth + 1) for e in ends])
+
+
 def _label(item: str) -> Optional[str]:
   m = _ASSIGNMENT.match(item.strip())
   return m.group("label") if m else None
@@ -759,8 +790,13 @@ def _structure(s: str, depth: int = 0):
     return ("list", [_structure(_clean(plus), depth + 1), _structure(_clean(minus), depth + 1)],
             [None, None])
   if len(items) > 1:
+    if " or " in s:  # "x < 1 or x > 2"
+      rays = [_inequality(_clean(i), depth) for i in items]
+      if all(rays):
+        return ("union", rays)
     return ("list", [_structure(_clean(i), depth + 1) for i in items], [_label(i) for i in items])
-  return ("one", s)
+  interval = _inequality(s, depth)
+  return interval or ("one", s)
 
 
 def _matching(a: list, b: list, equal) -> bool:
