@@ -146,7 +146,7 @@ def extract_answer(completion: str) -> Optional[str]:
       return None
     content = boxes[-1]
   content = content.strip()
-  while True:  # a box that is all of the answer is unwrapped: \\boxed{\\boxed{5}} -> 5
+  for _ in range(8):  # a box that is all of the answer is unwrapped: \\boxed{\\boxed{5}} -> 5
     m = re.match(r"\\(?:boxed|fbox)\s*(?=\{)", content)
     group = _read_group(content, m.end()) if m else None
     if group is None or group[1] != len(content):
@@ -185,7 +185,8 @@ _REPLACE_PATTERNS = (
 _REPLACE_COMPILED = tuple((re.compile(p), r) for p, r in _REPLACE_PATTERNS)
 _MATH_DELIMITERS = re.compile(r"\\\((.*)\\\)|\\\[(.*)\\\]", re.S)
 _ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b\s*(?:is|:)?\s*:?\s*", re.I)
-_LABEL = r"(?:[A-Za-z](?:_\{?\w+\}?)?(?:\(\s*[A-Za-z]\s*\))?|\\[A-Za-z]+)"
+_LABEL = (r"(?:[A-Za-z](?:_\{?\w+\}?)?(?:\(\s*[A-Za-z]\s*\))?|\\[A-Za-z]+"
+          r"|\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])+\s*\))")  # x, x_1, f(x), \theta, (x, y)
 _ASSIGNMENT = re.compile(rf"^(?P<label>{_LABEL})\s*(?:=|:|\\in(?![A-Za-z]))\s*(?P<rest>[^=]+)$")
 # "x = 3" has a label; "x+1 = 3" does not (an equation, compared as written).
 _UNION_U = re.compile(r"(?<=[)\]}])\s*(?:U|\\cup)\s*(?=[(\[{\\])")
@@ -200,6 +201,7 @@ _KNOWN_UNITS = ("mm", "cm", "m", "km", "mg", "g", "kg", "lb", "lbs", "oz", "ml",
 _ATTACHED_UNITS = re.compile(
     rf"^(?P<num>[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:/\d+)?%?)"
     rf"(?P<unit>{'|'.join(re.escape(u) for u in sorted(_KNOWN_UNITS, key=len, reverse=True))})\.?$")
+_MAX_UNIT_WORDS = 6
 _UNIT_WORD = re.compile(r"[A-Za-z][A-Za-z.'/]*(?:\^?[23])?")
 _NOT_UNITS = frozenset("""
 or and to plus minus times nor but vs versus over than then either neither not no
@@ -242,6 +244,12 @@ def _is_unit_text(words: str) -> bool:
   return True
 
 
+def _constant_expression(s: str) -> bool:
+  """Whether s is a LaTeX expression without variables ("4\\sqrt{3}", "2\\pi")."""
+  return (re.search(r"(?:[\d})]|\\[A-Za-z]+)$", s) is not None and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", s))
+          and to_sympy_syntax(s) is not None)
+
+
 def _strip_units(s: str) -> str:
   """Drops trailing unit words after a plain number ("3 apples" -> "3"), else returns s."""
   m = _ATTACHED_UNITS.match(s)
@@ -250,11 +258,11 @@ def _strip_units(s: str) -> str:
   if not s[-1:].isalpha() and not s.endswith(("^2", "^3", ".")):
     return s
   spaces = [m.start() for m in re.finditer(r" ", s)]
-  for i in reversed(spaces):  # the longest number prefix wins ("one hundred apples")
+  for i in reversed(spaces[-_MAX_UNIT_WORDS:]):  # the longest number prefix wins ("one hundred apples")
     prefix, words = s[:i].rstrip(), s[i + 1:]
     if not _is_unit_text(words):
       break
-    if prefix and parse_number(prefix) is not None:
+    if prefix and (parse_number(prefix) is not None or _constant_expression(prefix)):
       return prefix
   return s
 
@@ -942,7 +950,7 @@ def _single_equal(pred: str, ref: str, timeout_s: float) -> bool:
 
 def answers_equal(pred: Optional[str], ref: Optional[str], timeout_s: float = 1.0) -> bool:
   """Whether a predicted final answer matches the reference (see the module docstring)."""
-  if pred is None or ref is None:
+  if pred is None or ref is None or len(pred) > 4 * MAX_ANSWER_CHARS:
     return False
   pred, ref = _clean(pred), _clean(ref)
   if not pred or not ref or len(pred) > MAX_ANSWER_CHARS:
