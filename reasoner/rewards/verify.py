@@ -190,6 +190,7 @@ _LABEL = (r"(?:[A-Za-z](?:_\{?\w+\}?)?(?:\(\s*[A-Za-z]\s*\))?|\\[A-Za-z]+"
 _ASSIGNMENT = re.compile(rf"^(?P<label>{_LABEL})\s*(?:=|:|\\in(?![A-Za-z]))\s*(?P<rest>[^=]+)$")
 # "x = 3" has a label; "x+1 = 3" does not (an equation, compared as written).
 _UNION_U = re.compile(r"(?<=[)\]}])\s*(?:U|\\cup)\s*(?=[(\[{\\])")
+_PLAIN_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?")
 _SPACED_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?%?")
 
@@ -204,16 +205,16 @@ _ATTACHED_UNITS = re.compile(
 _MAX_UNIT_WORDS = 6
 _UNIT_WORD = re.compile(r"[A-Za-z][A-Za-z.'/]*(?:\^?[23])?")
 _NOT_UNITS = frozenset("""
-or and to plus minus times nor but vs versus over than then either neither not no
-divided by point repeating recurring squared cubed root roots sqrt factorial
-power powers inverse reciprocal log ln sin cos tan exp mod modulo pi i e th st nd rd x y z n
-zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
-sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
-hundreds thousand thousands million millions billion billions trillion trillions dozen dozens
-score lakh crore tens ones half halves third thirds quarter quarters fourth fourths fifth fifths
-sixth sixths seventh sevenths eighth eighths ninth ninths tenth tenths hundredth hundredths
-thousandth thousandths millionth millionths percent negative positive alpha beta gamma
-delta theta lambda mu sigma phi omega rho tau infinity inf
+or and to plus minus times nor but vs versus over than then either neither not no past till until
+after before divided by point repeating recurring squared cubed root roots sqrt factorial power
+powers inverse reciprocal log ln sin cos tan exp mod modulo pi i e th st nd rd x y z n zero one two
+three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen
+eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred hundreds thousand
+thousands million millions billion billions trillion trillions dozen dozens score lakh crore tens
+ones half halves third thirds quarter quarters fourth fourths fifth fifths sixth sixths seventh
+sevenths eighth eighths ninth ninths tenth tenths hundredth hundredths thousandth thousandths
+millionth millionths percent negative positive alpha beta gamma delta theta lambda mu sigma phi
+omega rho tau infinity inf
 """.split())
 
 
@@ -246,7 +247,9 @@ def _is_unit_text(words: str) -> bool:
 
 def _constant_expression(s: str) -> bool:
   """Whether s is a LaTeX expression without variables ("4\\sqrt{3}", "2\\pi")."""
-  return (re.search(r"(?:[\d})]|\\[A-Za-z]+)$", s) is not None and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", s))
+  if re.search(r"(?:[\d})]|\\[A-Za-z]+)$", s) is None:
+    return False
+  return (not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", s))
           and to_sympy_syntax(s) is not None)
 
 
@@ -258,7 +261,8 @@ def _strip_units(s: str) -> str:
   if not s[-1:].isalpha() and not s.endswith(("^2", "^3", ".")):
     return s
   spaces = [m.start() for m in re.finditer(r" ", s)]
-  for i in reversed(spaces[-_MAX_UNIT_WORDS:]):  # the longest number prefix wins ("one hundred apples")
+  # The longest number prefix wins ("one hundred apples").
+  for i in reversed(spaces[-_MAX_UNIT_WORDS:]):
     prefix, words = s[:i].rstrip(), s[i + 1:]
     if not _is_unit_text(words):
       break
@@ -269,6 +273,8 @@ def _strip_units(s: str) -> str:
 
 def _clean(s: str) -> str:
   """Notation-level clean-up shared by every comparison (no numeric canonicalisation)."""
+  if _PLAIN_NUMBER.fullmatch(s):  # the common case; nothing below would change it
+    return s
   for old, new in _CHAR_REPLACEMENTS:  # before NFKC, which would turn "x²" into "x2"
     s = s.replace(old, new)
   s = unicodedata.normalize("NFKC", s)
@@ -327,7 +333,8 @@ _TIMES_POWER_OF_TEN = re.compile(
 _THOUSANDS_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _MIXED_TEXT = re.compile(r"(?P<whole>\d+) (?:and )?(?P<num>\d+) ?/ ?(?P<den>\d+)")
 _MIXED_LATEX = re.compile(r"(?P<whole>\d+) ?(?:and )?\\[dt]?frac(?![A-Za-z])")
-_SCALED = re.compile(r"(?P<mant>\d+(?:\.\d+)?) (?P<scale>hundred|thousand|million|billion|trillion)")
+_SCALED = re.compile(
+    r"(?P<mant>\d+(?:\.\d+)?) (?P<scale>hundred|thousand|million|billion|trillion)")
 _FRAC = re.compile(r"\\[dt]?frac(?![A-Za-z])")
 _SQRT = re.compile(r"(?:\\sqrt|sqrt)")
 _WORDS = re.compile(r"[a-z][a-z -]*")
