@@ -219,7 +219,10 @@ omega rho tau infinity inf
 
 
 def _unwrap(text: str, command: str) -> str:
-  """Replaces every `\\command{X}` by X (balanced braces, any nesting)."""
+  """Replaces every `\\command{X}` by X (balanced braces, any nesting).
+
+  Text that starts with a letter gets a space before it: "5\\text{dollars}" is "5 dollars".
+  """
   if "\\" + command not in text:
     return text
   pattern = re.compile(r"\\" + command + r"\s*(?=\{)")
@@ -230,7 +233,8 @@ def _unwrap(text: str, command: str) -> str:
     group = _read_group(text, m.end())
     if group is None:
       return text
-    text = text[:m.start()] + group[0] + text[group[1]:]
+    pad = " " if group[0][:1].isalpha() and command not in ("boxed", "fbox") else ""
+    text = text[:m.start()] + pad + group[0] + text[group[1]:]
 
 
 def _is_unit_text(words: str) -> bool:
