@@ -33,7 +33,9 @@ accept and nothing ambiguous is guessed:
   * a prediction listing several answers for a single reference ("5 or 6", "5, 6") is wrong;
   * otherwise both sides are converted from simple LaTeX to sympy syntax, validated against a
     whitelist, and compared symbolically (`simplify(a - b) == 0`) in a worker process with a
-    hard time limit; timeouts and parse failures count as "not equal".
+    hard time limit (`timeout_s` a comparison, 4 x `timeout_s` for all the comparisons of one
+    answer: a set's elements cannot multiply it); timeouts and parse failures count as "not
+    equal".
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import decimal
 import math
 import re
+import time
 import unicodedata
 from fractions import Fraction
 from typing import Optional
@@ -693,6 +696,7 @@ def to_sympy_syntax(s: str) -> Optional[str]:
 _MULTIPLE = re.compile(r"\b(?:or|and)\b|;|\\lor|\\vee|\n|\d\s+\d|\\pm|\+-|-\+")
 _OR_AND = re.compile(r"\s*,?\s+(?:or|and)\s+")
 _MAX_ITEMS = 32
+_SYMBOLIC_BUDGET = 4  # timeouts' worth of symbolic comparisons for one answer
 _TEXT = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
 _EMPTY_SETS = ("\\emptyset", "\\{\\}", "{}", "\\{ \\}", "{ }")
 _INFINITY = {"\\infty": 1, "+\\infty": 1, "oo": 1, "inf": 1, "infinity": 1, "+oo": 1,
@@ -886,11 +890,11 @@ def _numeric_union(members) -> Optional[list]:
   return merged
 
 
-def _trees_equal(a, b, timeout_s: float) -> bool:
-  equal = lambda x, y: _trees_equal(x, y, timeout_s)  # noqa: E731
+def _trees_equal(a, b, timeout_s: float, deadline: float) -> bool:
+  equal = lambda x, y: _trees_equal(x, y, timeout_s, deadline)  # noqa: E731
   ka, kb = a[0], b[0]
   if ka == "one" and kb == "one":
-    return _single_equal(a[1], b[1], timeout_s)
+    return _single_equal(a[1], b[1], timeout_s, deadline)
   if "union" in (ka, kb):
     if not all(t[0] in ("union", "set") or (t[0] == "seq" and len(t[3]) == 2) for t in (a, b)):
       return False
@@ -935,7 +939,7 @@ def _infinity_sign(s: str) -> Optional[int]:
   return _INFINITY.get(s.replace(" ", ""))
 
 
-def _single_equal(pred: str, ref: str, timeout_s: float) -> bool:
+def _single_equal(pred: str, ref: str, timeout_s: float, deadline: float) -> bool:
   pred, ref = _clean(pred), _clean(ref)
   if not pred or not ref:
     return False
@@ -956,7 +960,10 @@ def _single_equal(pred: str, ref: str, timeout_s: float) -> bool:
     return False
   if pred_expr == ref_expr:
     return True
-  return symbolic.symbolic_equal(pred_expr, ref_expr, timeout_s) is True
+  left = deadline - time.monotonic()
+  if left <= 0:
+    return False
+  return symbolic.symbolic_equal(pred_expr, ref_expr, min(timeout_s, left)) is True
 
 
 def answers_equal(pred: Optional[str], ref: Optional[str], timeout_s: float = 1.0) -> bool:
@@ -971,7 +978,9 @@ def answers_equal(pred: Optional[str], ref: Optional[str], timeout_s: float = 1.
   pred_tree, ref_tree = _structure(pred), _structure(ref)
   if _size(pred_tree) > _MAX_ITEMS:
     return False
-  return _trees_equal(pred_tree, ref_tree, timeout_s)
+  # Sets and lists may compare many pairs symbolically: all of them share one time budget.
+  deadline = time.monotonic() + _SYMBOLIC_BUDGET * timeout_s
+  return _trees_equal(pred_tree, ref_tree, timeout_s, deadline)
 
 
 def _size(tree) -> int:
