@@ -105,6 +105,9 @@ def test_none_never_equal():
     ("first \\boxed{7} then \\boxed{8}", "8"),  # no tags: the last box
     ("<think>a</think><answer> 5 </answer>\n", "5"),
     ("<think>a</think><answer>\\boxed{\\{1,2\\}}</answer>", "\\{1,2\\}"),
+    ("<think>a</think><answer>\\boxed{\\boxed{5}}</answer>", "5"),  # a nested box is one answer
+    ("<think>a</think> so \\boxed{\\boxed{\\frac{1}{2}}}", "\\frac{1}{2}"),
+    ("<think>a</think><answer>\\boxed{\\boxed{1}+2}</answer>", "\\boxed{1}+2"),
 ])
 def test_extract_answer(completion, expected):
   assert extract_answer(completion) == expected
@@ -150,6 +153,10 @@ def test_normalize_answer_canonical_forms():
   assert normalize_answer("\u22123 apples") == "-3"
   assert normalize_answer("50\\%") == "50%"
   assert normalize_answer("x = \\text{blue}") == "blue"
+  assert normalize_answer("1\\,000") == normalize_answer("1{,}000") == "1000"
+  assert normalize_answer("-2\\frac{3}{4}") == normalize_answer("-2 3/4") == "-11/4"
+  assert normalize_answer("one hundred twenty-three apples") == "123"
+  assert normalize_answer("three quarters") == "3/4"
   assert normalize_answer(None) == ""
 
 
