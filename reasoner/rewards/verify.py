@@ -22,7 +22,8 @@ accept and nothing ambiguous is guessed:
     expression ("23+45-7", "2^{10}") does NOT match a numeric reference: it would let a policy
     copy the question instead of solving it. "2\\frac{1}{2}" inside an expression (a mixed
     number or a product?) is not compared at all;
-  * percentages: "50%" equals both "50" (GSM8K style "what percent") and "0.5";
+  * percentages: "50%" equals both "50" (GSM8K style "what percent") and "0.5"; two
+    percentages compare as written ("0.5%" is not "50%");
   * structure: `\\{...\\}` sets compare as sets (any order, duplicates ignored); intervals
     `[a, b)` compare end-point-wise with the same bracket kinds; unions (`\\cup`, `U`) compare
     as sets of reals: with rational / infinite ends they are sorted and merged ("[1,2]\\cup[2,3]"
@@ -217,7 +218,8 @@ thousands million millions billion billions trillion trillions dozen dozens scor
 ones half halves third thirds quarter quarters fourth fourths fifth fifths sixth sixths seventh
 sevenths eighth eighths ninth ninths tenth tenths hundredth hundredths thousandth thousandths
 millionth millionths percent negative positive alpha beta gamma delta theta lambda mu sigma phi
-omega rho tau infinity inf
+omega rho tau infinity inf billionth billionths trillionth trillionths grand mil mill bn mn bil thou
+imaginary
 """.split())
 
 
@@ -476,6 +478,9 @@ def parse_number(s: str) -> Optional[tuple[Fraction, bool]]:
 
 
 def _numbers_match(pred: tuple[Fraction, bool], ref: tuple[Fraction, bool]) -> bool:
+  if pred[1] and ref[1]:
+    return pred[0] == ref[0]  # "5000%" is not "50%" (though both read as 50)
+
   def readings(number):
     value, percent = number
     return {value, value / 100} if percent else {value}
