@@ -170,6 +170,7 @@ _CHAR_REPLACEMENTS = (
     ("\u00b1", "\\pm"), ("\u2009", " "), ("\u202f", " "), ("\u00a0", " "), ("\u27e8", "\\langle"),
     ("\u27e9", "\\rangle"),
 )
+_VULGAR_AFTER_DIGIT = re.compile(r"(?<=\d)(?=[\u00bc-\u00be\u2150-\u215e])")
 _UNWRAP_COMMANDS = ("boxed", "fbox", "text", "textbf", "textit", "textrm", "textnormal", "mathrm",
                     "mathbf", "mathit", "mbox", "operatorname", "hbox")
 _REPLACE_PATTERNS = (
@@ -286,6 +287,7 @@ def _clean(s: str) -> str:
     return s
   for old, new in _CHAR_REPLACEMENTS:  # before NFKC, which would turn "x²" into "x2"
     s = s.replace(old, new)
+  s = _VULGAR_AFTER_DIGIT.sub(" ", s)  # "1½" is 1 1/2, not NFKC's "11/2"
   s = unicodedata.normalize("NFKC", s)
   for old, new in _CHAR_REPLACEMENTS:  # again for what NFKC produced (e.g. "½" -> "1⁄2")
     s = s.replace(old, new)
@@ -769,6 +771,11 @@ def _inequality(s: str, depth: int):
   return ("seq", open_, close, [_structure(_clean(e), depth + 1) for e in ends])
 
 
+def _union_member(tree) -> bool:
+  """A set, or an interval: two items in round / square brackets."""
+  return tree[0] == "set" or (tree[0] == "seq" and len(tree[3]) == 2 and tree[1] in "([")
+
+
 def _label(item: str) -> Optional[str]:
   m = _ASSIGNMENT.match(item.strip())
   return m.group("label") if m else None
@@ -790,7 +797,7 @@ def _structure(s: str, depth: int = 0):
     members = _split_top(s, "\\cup")
     if len(members) > 1:
       trees = [_structure(_clean(m), depth + 1) for m in members]
-      if all(t[0] == "set" or (t[0] == "seq" and len(t[3]) == 2) for t in trees):
+      if all(_union_member(t) for t in trees):
         return ("union", trees)
       return ("one", s)
   for open_, close in (("\\{", "\\}"), ("{", "}")):
@@ -901,7 +908,7 @@ def _trees_equal(a, b, timeout_s: float, deadline: float) -> bool:
   if ka == "one" and kb == "one":
     return _single_equal(a[1], b[1], timeout_s, deadline)
   if "union" in (ka, kb):
-    if not all(t[0] in ("union", "set") or (t[0] == "seq" and len(t[3]) == 2) for t in (a, b)):
+    if not all(t[0] == "union" or _union_member(t) for t in (a, b)):
       return False
     ma = a[1] if ka == "union" else [a]
     mb = b[1] if kb == "union" else [b]
