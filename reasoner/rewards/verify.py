@@ -10,7 +10,8 @@ accept and nothing ambiguous is guessed:
   * both sides are normalised: unicode minus and full-width digits, `$`, `\\text{}` and
     `\\boxed{}` at any depth, LaTeX spacing, `\\left`/`\\right`, `\\dfrac`/`\\tfrac`, degree
     signs, "the answer is", a leading `x =` / `x \\in`, trailing units ("3 apples", "12 dollars",
-    "5cm"; never a word that changes the value: "5 million", "3 pi", "5 x", "5 squared") and
+    "5cm"; never a word that changes the value: "5 million", "3 pi", "5 x", "5 squared"; two
+    known units that differ make the answers differ: "5 m" is not "5 cm") and
     thousands separators ("1,000", "1{,}000", "1 000", "1\\,000": a space-separated group must be
     exactly three digits, so "1 00" stays two numbers);
   * if the reference is a plain number (integer, decimal, "1e3", "1.5\\times10^{3}", `a/b`,
@@ -263,13 +264,13 @@ def _constant_expression(s: str) -> bool:
           and to_sympy_syntax(s) is not None)
 
 
-def _strip_units(s: str) -> str:
-  """Drops trailing unit words after a plain number ("3 apples" -> "3"), else returns s."""
+def _strip_units(s: str) -> tuple[str, str]:
+  """(number, unit words) of "3 apples" / "5cm"; (s, "") when s is not a number with units."""
   m = _ATTACHED_UNITS.match(s)
   if m:
-    return m.group("num")
+    return m.group("num"), m.group("unit")
   if not s[-1:].isalpha() and not s.endswith(("^2", "^3", ".")):
-    return s
+    return s, ""
   spaces = [m.start() for m in re.finditer(r" ", s)]
   # The longest number prefix wins ("one hundred apples").
   for i in reversed(spaces[-_MAX_UNIT_WORDS:]):
@@ -277,14 +278,51 @@ def _strip_units(s: str) -> str:
     if not _is_unit_text(words):
       break
     if prefix and (parse_number(prefix) is not None or _constant_expression(prefix)):
-      return prefix
-  return s
+      return prefix, words
+  return s, ""
+
+
+# Units whose names differ are different units: "5 cm" is not "5 m" even though both are 5.
+_UNIT_NAMES = {
+    "mm": ("millimeter", "millimetre"), "cm": ("centimeter", "centimetre"),
+    "m": ("meter", "metre"), "km": ("kilometer", "kilometre"), "in": ("inch", "inche"),
+    "ft": ("foot", "feet"), "yd": ("yard",), "mi": ("mile",), "mg": ("milligram",),
+    "g": ("gram",), "kg": ("kilogram", "kilo"), "lb": ("pound", "lbs"), "oz": ("ounce",),
+    "ml": ("milliliter", "millilitre"), "l": ("liter", "litre"), "s": ("second", "sec"),
+    "min": ("minute",), "h": ("hour", "hr", "hrs"), "day": (), "week": (), "month": (),
+    "year": ("yr",), "dollar": (), "cent": (), "degree": ("deg",), "radian": ("rad",),
+    "mph": (), "km/h": ("kph",), "m/s": (),
+}
+_UNIT_CANON = {alias: name for name, aliases in _UNIT_NAMES.items()
+               for alias in (name,) + aliases}
+
+
+def _canonical_unit(words: str) -> Optional[str]:
+  """"cm" for "centimeters", "cm^2" for "square cm"; None for words that are not a known unit."""
+  words = words.lower().replace(".", "").split()
+  if not words:
+    return None
+  last, power = re.fullmatch(r"(.*?)(\^?[23])?", words[-1]).groups()
+  power = (power or "").lstrip("^")
+  if any(w in ("square", "sq") for w in words[:-1]):
+    power = "2"
+  elif "cubic" in words[:-1]:
+    power = "3"
+  unit = _UNIT_CANON.get(last) or (_UNIT_CANON.get(last[:-1]) if last.endswith("s") else None)
+  if unit is None:
+    return None
+  return unit + ("^" + power if power else "")
 
 
 def _clean(s: str) -> str:
   """Notation-level clean-up shared by every comparison (no numeric canonicalisation)."""
+  return _clean_with_unit(s)[0]
+
+
+def _clean_with_unit(s: str) -> tuple[str, str]:
+  """`_clean`'s text and the unit words it dropped ("" when none)."""
   if _PLAIN_NUMBER.fullmatch(s):  # the common case; nothing below would change it
-    return s
+    return s, ""
   for old, new in _CHAR_REPLACEMENTS:  # before NFKC, which would turn "x²" into "x2"
     s = s.replace(old, new)
   s = _VULGAR_AFTER_DIGIT.sub(" ", s)  # "1½" is 1 1/2, not NFKC's "11/2"
@@ -305,13 +343,14 @@ def _clean(s: str) -> str:
   if m:
     s = m.group("rest").strip()
   s = _UNION_U.sub("\\\\cup ", s)
+  unit = ""
   if s:
-    s = _strip_units(s)
+    s, unit = _strip_units(s)
   if _THOUSANDS.fullmatch(s):
     s = s.replace(",", "")
   elif _SPACED_THOUSANDS.fullmatch(s):
     s = s.replace(" ", "")
-  return s.strip()
+  return s.strip(), unit
 
 
 def normalize_answer(s: str) -> str:
@@ -982,8 +1021,11 @@ def answers_equal(pred: Optional[str], ref: Optional[str], timeout_s: float = 1.
   """Whether a predicted final answer matches the reference (see the module docstring)."""
   if pred is None or ref is None or len(pred) > 4 * MAX_ANSWER_CHARS:
     return False
-  pred, ref = _clean(pred), _clean(ref)
+  (pred, pred_unit), (ref, ref_unit) = _clean_with_unit(pred), _clean_with_unit(ref)
   if not pred or not ref or len(pred) > MAX_ANSWER_CHARS:
+    return False
+  pred_unit, ref_unit = _canonical_unit(pred_unit), _canonical_unit(ref_unit)
+  if pred_unit and ref_unit and pred_unit != ref_unit:
     return False
   if pred == ref:
     return True
