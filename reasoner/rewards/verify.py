@@ -807,7 +807,14 @@ def _inequality(s: str, depth: int):
       open_, close, ends = "(", "]" if closed else ")", ["-\\infty", m.group("bound")]
     else:
       open_, close, ends = "[" if closed else "(", ")", [m.group("bound"), "\\infty"]
-  return ("seq", open_, close, [_structure(_clean(e), depth + 1) for e in ends])
+  return ("seq", open_, close, [_item(e, depth) for e in ends])
+
+
+def _item(text: str, depth: int):
+  """The tree of one element of a set / tuple / list; a single value keeps its unit."""
+  text, unit = _clean_with_unit(text)
+  tree = _structure(text, depth + 1)
+  return tree[:2] + (_canonical_unit(unit),) if tree[0] == "one" else tree
 
 
 def _union_member(tree) -> bool:
@@ -823,37 +830,38 @@ def _label(item: str) -> Optional[str]:
 def _structure(s: str, depth: int = 0):
   """A cleaned answer as a small tree of tuples.
 
-  ("one", text) a single value; ("seq", open, close, items) a bracketed tuple or interval;
-  ("set", items) a `\\{...\\}` set; ("list", items, labels) an unbracketed list ("1, 2",
-  "x = 1 or x = 2"); ("union", members) intervals / sets joined by `\\cup`.
+  ("one", text, unit) a single value (unit: a canonical unit name or None); ("seq", open,
+  close, items) a bracketed tuple or interval; ("set", items) a `\\{...\\}` set; ("list",
+  items, labels) an unbracketed list ("1, 2", "x = 1 or x = 2"); ("union", members) intervals
+  / sets joined by `\\cup`.
   """
   s = s.strip()
   if depth > 8 or parse_number(s) is not None:
-    return ("one", s)
+    return ("one", s, None)
   if s in _EMPTY_SETS:
     return ("set", [])
   if "\\cup" in s:
     members = _split_top(s, "\\cup")
     if len(members) > 1:
-      trees = [_structure(_clean(m), depth + 1) for m in members]
+      trees = [_item(m, depth) for m in members]
       if all(_union_member(t) for t in trees):
         return ("union", trees)
-      return ("one", s)
+      return ("one", s, None)
   for open_, close in (("\\{", "\\}"), ("{", "}")):
     if s.startswith(open_) and s.endswith(close) and _enclosed(s[len(open_) - 1:], "{", "}"):
       inner = s[len(open_):-len(close)].strip()
       if open_ == "{" and "," not in inner:
         break  # a LaTeX group, not a set
       items = _split_top(inner, ",") if inner else []
-      return ("set", [_structure(_clean(i), depth + 1) for i in items])
+      return ("set", [_item(i, depth) for i in items])
   if s.startswith("\\langle") and s.endswith("\\rangle"):
     items = _split_top(s[len("\\langle"):-len("\\rangle")], ",")
     if len(items) > 1:
-      return ("seq", "<", ">", [_structure(_clean(i), depth + 1) for i in items])
+      return ("seq", "<", ">", [_item(i, depth) for i in items])
   if _enclosed(s, "([", ")]"):
     items = _split_top(s[1:-1], ",")
     if len(items) > 1 and (len(items) == 2 or s[0] + s[-1] in ("()", "[]")):
-      return ("seq", s[0], s[-1], [_structure(_clean(i), depth + 1) for i in items])
+      return ("seq", s[0], s[-1], [_item(i, depth) for i in items])
   items = _split_top(s, ",")
   if len(items) == 1:
     items = [i for i in _OR_AND.split(s) if i]
@@ -861,16 +869,16 @@ def _structure(s: str, depth: int = 0):
     items = [j for i in items for j in _OR_AND.split(i) if j]
   if len(items) == 1 and s.count("\\pm") == 1 and "," not in s:
     plus, minus = s.replace("\\pm", "+"), s.replace("\\pm", "-")
-    return ("list", [_structure(_clean(plus), depth + 1), _structure(_clean(minus), depth + 1)],
+    return ("list", [_item(plus, depth), _item(minus, depth)],
             [None, None])
   if len(items) > 1:
     if " or " in s:  # "x < 1 or x > 2"
       rays = [_inequality(_clean(i), depth) for i in items]
       if all(rays):
         return ("union", rays)
-    return ("list", [_structure(_clean(i), depth + 1) for i in items], [_label(i) for i in items])
+    return ("list", [_item(i, depth) for i in items], [_label(i) for i in items])
   interval = _inequality(s, depth)
-  return interval or ("one", s)
+  return interval or ("one", s, None)
 
 
 def _matching(a: list, b: list, equal) -> bool:
@@ -945,6 +953,8 @@ def _trees_equal(a, b, timeout_s: float, deadline: float) -> bool:
   equal = lambda x, y: _trees_equal(x, y, timeout_s, deadline)  # noqa: E731
   ka, kb = a[0], b[0]
   if ka == "one" and kb == "one":
+    if a[2] and b[2] and a[2] != b[2]:
+      return False  # "5 m, 3 m" is not "5 cm, 3 cm"
     return _single_equal(a[1], b[1], timeout_s, deadline)
   if "union" in (ka, kb):
     if not all(t[0] == "union" or _union_member(t) for t in (a, b)):
@@ -1030,6 +1040,10 @@ def answers_equal(pred: Optional[str], ref: Optional[str], timeout_s: float = 1.
   if pred == ref:
     return True
   pred_tree, ref_tree = _structure(pred), _structure(ref)
+  if pred_tree[0] == "one":
+    pred_tree = pred_tree[:2] + (pred_unit,)
+  if ref_tree[0] == "one":
+    ref_tree = ref_tree[:2] + (ref_unit,)
   if _size(pred_tree) > _MAX_ITEMS:
     return False
   # Sets and lists may compare many pairs symbolically: all of them share one time budget.
