@@ -629,6 +629,9 @@ def _parse_words(s: str) -> Optional[Fraction]:
     if whole is not None and frac is not None and frac < 1 and whole > 0:
       return sign * (whole + frac)
   value = _words_cardinal(tokens)
+  if value is None and tokens[-1] == "dozen":  # "a dozen", "three dozen"
+    count = 1 if tokens[:-1] == ["a"] else _words_cardinal(tokens[:-1])
+    value = 12 * count if count else None
   if value is None:
     value = Fraction(1, 2) if tokens == ["half"] else _words_fraction(tokens)
   return None if value is None else sign * Fraction(value)
@@ -975,15 +978,12 @@ def _trees_equal(a, b, timeout_s: float, deadline: float) -> bool:
   if ka == "seq" and kb == "seq":
     return (a[1:3] == b[1:3] and len(a[3]) == len(b[3])
             and all(equal(x, y) for x, y in zip(a[3], b[3])))
-  if {ka, kb} == {"seq", "list"}:  # "1, 2" for "(1, 2)": ordered, labels in order
+  if {ka, kb} == {"seq", "list"}:  # "1, 2" for "(1, 2)": ordered, labelled items by label
     seq, lst = (a, b) if ka == "seq" else (b, a)
-    labels = [l for l in lst[2] if l is not None]
     if seq[1:3] != ("(", ")") or len(seq[3]) != len(lst[1]):
       return False
-    if labels and (len(labels) != len(lst[1]) or labels != sorted(set(labels))):
-      return False
-    return all(equal(x, y) for x, y in zip(a[3] if ka == "seq" else a[1],
-                                           b[3] if kb == "seq" else b[1]))
+    items = _in_label_order(lst[1], lst[2])
+    return items is not None and all(equal(x, y) for x, y in zip(items, seq[3]))
   if ka == "list" and kb == "list":
     la, lb = a[2], b[2]
     if (None not in la and None not in lb and len(set(la)) == len(la)
@@ -994,6 +994,34 @@ def _trees_equal(a, b, timeout_s: float, deadline: float) -> bool:
       return all(equal(x, by_label[l]) for l, x in zip(la, a[1]))
     return _matching(a[1], b[1], equal)
   return False
+
+
+def _in_label_order(items: list, labels: list) -> Optional[list]:
+  """Items of an unlabelled list as they are; labelled ones sorted by label ("y = 4, x = 3" is
+  "(3, 4)"), but only for labels that leave no doubt about a tuple's order: consecutive letters
+  (x, y, z; a, b) or indices (x_1, x_2). "b = 3, m = 2" could be (m, b): None."""
+  if all(l is None for l in labels):
+    return items
+  if any(l is None for l in labels):
+    return None
+  keys = []
+  for label in labels:
+    m = re.fullmatch(r"([A-Za-z])(?:_\{?(\d+)\}?)?", label)
+    if m is None:
+      return None
+    keys.append((m.group(1), int(m.group(2)) if m.group(2) else None))
+  keys_sorted = sorted(keys, key=lambda k: (k[0], k[1] or 0))
+  letters = {k[0] for k in keys}
+  if len(letters) == 1 and all(k[1] is not None for k in keys):
+    steps = [k[1] for k in keys_sorted]  # x_1, x_2, x_3
+  elif all(k[1] is None for k in keys):
+    steps = [ord(k[0]) for k in keys_sorted]  # x, y, z
+  else:
+    return None
+  if any(b - a != 1 for a, b in zip(steps, steps[1:])):
+    return None
+  order = sorted(range(len(items)), key=lambda i: (keys[i][0], keys[i][1] or 0))
+  return [items[i] for i in order]
 
 
 def _infinity_sign(s: str) -> Optional[int]:
