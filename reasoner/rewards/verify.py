@@ -335,8 +335,9 @@ def _clean_with_unit(s: str) -> tuple[str, str]:
     s = pattern.sub(replacement, s)
   s = re.sub(r"\s+", " ", s).strip()
   m = _MATH_DELIMITERS.fullmatch(s)
-  if m and not re.search(r"\\[()\[\]]", m.group(1) or m.group(2) or ""):
-    s = (m.group(1) or m.group(2)).strip()
+  inner = m.group(1) if m and m.group(1) is not None else m.group(2) if m else None
+  if inner is not None and not re.search(r"\\[()\[\]]", inner):
+    s = inner.strip()
   s = _ANSWER_PREFIX.sub("", s)
   s = s.rstrip(" .")
   m = _ASSIGNMENT.match(s)
@@ -788,14 +789,17 @@ def _enclosed(s: str, opens: str, closes: str) -> bool:
 
 _LESS = r"<|\\le(?![A-Za-z])|\\lt(?![A-Za-z])"
 _GREATER = r">|\\ge(?![A-Za-z])|\\gt(?![A-Za-z])"
-_BOUND = r"[^<>=\\]*(?:\\(?!le|ge|lt|gt)[A-Za-z]+[^<>=\\]*)*"
-_BETWEEN = re.compile(rf"(?P<lo>{_BOUND}?)\s*(?P<op1>{_LESS})\s*(?P<var>[A-Za-z])\s*"
+# One way only to match (no backtracking blow-up): a character, or a whole command name.
+_BOUND = r"(?:[^<>=\\]|\\(?!le|ge|lt|gt)[A-Za-z]+(?![A-Za-z]))*"
+_BETWEEN = re.compile(rf"(?P<lo>{_BOUND})\s*(?P<op1>{_LESS})\s*(?P<var>[A-Za-z])\s*"
                       rf"(?P<op2>{_LESS})\s*(?P<hi>{_BOUND})")
 _RAY = re.compile(rf"(?P<var>[A-Za-z])\s*(?P<op>{_LESS}|{_GREATER})\s*(?P<bound>{_BOUND})")
 
 
 def _inequality(s: str, depth: int):
   """"1 \\le x < 2" / "x > 3" as the interval tree it denotes, else None."""
+  if not re.search(r"[<>]|\\[lg][et](?![A-Za-z])", s):
+    return None
   m = _BETWEEN.fullmatch(s)
   if m and m.group("lo").strip() and m.group("hi").strip():
     open_ = "[" if m.group("op1").startswith("\\le") else "("
