@@ -240,3 +240,20 @@ def test_at_least_as_accurate_as_math_verify():
   theirs, _ = _score(rows, math_verify_equal)
   print(f"labelled pairs: {len(rows)}, project verifier {ours:.3f}, math-verify {theirs:.3f}")
   assert ours >= theirs
+
+
+@pytest.mark.parametrize("pred", [
+    "\\(\\)",  # empty math delimiters
+    "m\\langle\\pi\\frac\\rightand\\fracquarters\\inapples1\\langle\\boxed\\rangle",  # backtracking
+    "x < " + "\\pi a " * 40,
+    "\\text{" * 150 + "5" + "}" * 150,
+    "(" * 120 + "1" + ")" * 120,
+    "1 " * 150,
+])
+def test_adversarial_answers_are_safe_and_fast(pred):
+  start = time.monotonic()
+  for ref in ("5", "(1,2)", "x > 2"):
+    answers_equal(pred, ref, timeout_s=0.2)
+    answers_equal(ref, pred, timeout_s=0.2)
+  normalize_answer(pred)
+  assert time.monotonic() - start < 5  # milliseconds when idle; generous for a loaded CI machine
