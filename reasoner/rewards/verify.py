@@ -14,7 +14,8 @@ accept and nothing ambiguous is guessed:
     known units that differ make the answers differ: "5 m" is not "5 cm") and
     thousands separators ("1,000", "1{,}000", "1 000", "1\\,000": a space-separated group must be
     exactly three digits, so "1 00" stays two numbers);
-  * if the reference is a plain number (integer, decimal, "1e3", "1.5\\times10^{3}", `a/b`,
+  * if the reference is a plain number (integer, decimal, a repeating decimal
+    "0.1\\overline{6}", "1e3", "1.5\\times10^{3}", `a/b`,
     `\\frac{a}{b}`, `\\sqrt{n}` of a perfect square, a mixed number "1 1/2" / "1\\frac{1}{2}" /
     "-2\\frac{3}{4}" (a whole number and a proper fraction), "2.5 million", or unambiguous
     English words: "twelve", "one hundred twenty-three", "three quarters", "a half", "one and
@@ -389,6 +390,9 @@ _SCALED = re.compile(
 _FRAC = re.compile(r"\\[dt]?frac(?![A-Za-z])")
 _SQRT = re.compile(r"(?:\\sqrt|sqrt)")
 _WORDS = re.compile(r"[a-z][a-z -]*")
+_SIGN_WORD = re.compile(r"(?:minus|negative) ", re.I)
+_REPEATING = re.compile(
+    r"(?P<whole>\d*)\.(?P<fixed>\d*) ?\\overline ?\{ ?(?P<period>\d+) ?\}")
 
 
 def _wrapped(s: str, open_: str, close: str) -> bool:
@@ -449,8 +453,17 @@ def _parse_real(s: str) -> Optional[Fraction]:
     if value is None:
       return None
     return -value if s[0] == "-" else value
+  m = _SIGN_WORD.match(s)
+  if m and s[m.end():][:1].isdigit():  # "minus 5", "negative 2.5"
+    value = _parse_real(s[m.end():])
+    return None if value is None else -value
   if s[0].isalpha() and _WORDS.fullmatch(s.lower()):
     return _parse_words(s.lower())
+  m = _REPEATING.fullmatch(s)
+  if m:  # 0.1\overline{6} = 1/6
+    whole, fixed, period = m.group("whole") or "0", m.group("fixed"), m.group("period")
+    base = Fraction(decimal.Decimal(f"{whole}.{fixed or 0}"))
+    return base + Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
   m = _DECIMAL.fullmatch(s)
   if m:
     exponent = int(m.group("exp") or 0)
