@@ -1,6 +1,8 @@
 """Math verifier: answer extraction, normalisation, the equivalence table, reward hacking."""
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,8 @@ EQUIVALENCE_TABLE = [
     ("1,000", "1000", True),
     ("1,000,000", "1000000", True),
     ("1,000", "1", False),
-    ("1 000", "1000", False),  # a space is not a thousands separator: two numbers
+    ("1 000", "1000", True),  # a space-separated group of exactly three digits
+    ("1 00", "100", False),  # not a thousands group: two numbers
     ("12.50", "12.5", True),
     ("5.0", "5", True),
     (".5", "0.5", True),
@@ -102,6 +105,9 @@ def test_none_never_equal():
     ("first \\boxed{7} then \\boxed{8}", "8"),  # no tags: the last box
     ("<think>a</think><answer> 5 </answer>\n", "5"),
     ("<think>a</think><answer>\\boxed{\\{1,2\\}}</answer>", "\\{1,2\\}"),
+    ("<think>a</think><answer>\\boxed{\\boxed{5}}</answer>", "5"),  # a nested box is one answer
+    ("<think>a</think> so \\boxed{\\boxed{\\frac{1}{2}}}", "\\frac{1}{2}"),
+    ("<think>a</think><answer>\\boxed{\\boxed{1}+2}</answer>", "\\boxed{1}+2"),
 ])
 def test_extract_answer(completion, expected):
   assert extract_answer(completion) == expected
@@ -147,6 +153,10 @@ def test_normalize_answer_canonical_forms():
   assert normalize_answer("\u22123 apples") == "-3"
   assert normalize_answer("50\\%") == "50%"
   assert normalize_answer("x = \\text{blue}") == "blue"
+  assert normalize_answer("1\\,000") == normalize_answer("1{,}000") == "1000"
+  assert normalize_answer("-2\\frac{3}{4}") == normalize_answer("-2 3/4") == "-11/4"
+  assert normalize_answer("one hundred twenty-three apples") == "123"
+  assert normalize_answer("three quarters") == "3/4"
   assert normalize_answer(None) == ""
 
 
@@ -164,3 +174,86 @@ def test_sympy_timeout_respected():
   assert not answers_equal("\\sin(x)^{40}\\cos(x)^{40}", "(\\sin(2x)/2)^{40}", timeout_s=0.5)
   assert time.monotonic() - start < 30  # far below the unbounded time, generous for CI
   assert answers_equal("(x+1)^2", "x^2+2x+1")  # the worker is restarted afterwards
+
+
+# ------------------------------------------------------------------ hand-labelled answer pairs
+
+LABELLED_PAIRS = Path(__file__).parent / "data" / "math_answer_pairs.jsonl"
+
+
+def _labelled_pairs() -> list[dict]:
+  """(gold, pred, equal) triples labelled by hand: would a careful grader count pred as gold?"""
+  with open(LABELLED_PAIRS, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _score(rows, equal) -> tuple[float, list[dict]]:
+  """(accuracy, false positives) of `equal(gold, pred)` against the labels."""
+  correct, false_positives = 0, []
+  for row in rows:
+    got = bool(equal(row["gold"], row["pred"]))
+    correct += got == row["equal"]
+    if got and not row["equal"]:
+      false_positives.append(row)
+  return correct / len(rows), false_positives
+
+
+def _project_equal(gold: str, pred: str) -> bool:
+  return answers_equal(pred, gold, timeout_s=5.0)
+
+
+def test_labelled_pairs_cover_the_categories():
+  rows = _labelled_pairs()
+  assert len(rows) >= 300
+  by_category = {}
+  for row in rows:
+    by_category.setdefault(row["category"], []).append(row["equal"])
+  for category in ("integer", "negative", "decimal", "fraction", "expression", "boxed",
+                   "thousands", "mixed", "words", "percent", "units", "assignment", "interval",
+                   "union", "set", "tuple", "list"):
+    labels = by_category[category]
+    assert any(labels) and not all(labels), category  # positives and hard negatives
+
+
+def test_labelled_pairs_accuracy_and_no_false_positives():
+  accuracy, false_positives = _score(_labelled_pairs(), _project_equal)
+  assert not false_positives, false_positives
+  assert accuracy >= 0.97
+
+
+def test_at_least_as_accurate_as_math_verify():
+  """Hugging Face math-verify on the same pairs (optional dependency: skipped when absent).
+
+  Both answers are given to it as inline math (`$...$`), the wrapping it scores best with.
+  """
+  math_verify = pytest.importorskip("math_verify")
+
+  def math_verify_equal(gold: str, pred: str) -> bool:
+    try:
+      return bool(math_verify.verify(math_verify.parse(f"${gold}$"),
+                                     math_verify.parse(f"${pred}$")))
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  rows = _labelled_pairs()
+  ours, _ = _score(rows, _project_equal)
+  theirs, _ = _score(rows, math_verify_equal)
+  print(f"labelled pairs: {len(rows)}, project verifier {ours:.3f}, math-verify {theirs:.3f}")
+  assert ours >= theirs
+
+
+@pytest.mark.parametrize("pred", [
+    "\\(\\)",  # empty math delimiters
+    "m\\langle\\pi\\frac\\rightand\\fracquarters\\inapples1\\langle\\boxed\\rangle",  # backtracking
+    "x < " + "\\pi a " * 40,
+    "\\text{" * 150 + "5" + "}" * 150,
+    "(" * 120 + "1" + ")" * 120,
+    "1 " * 150,
+])
+def test_adversarial_answers_are_safe_and_fast(pred):
+  start = time.monotonic()
+  for ref in ("5", "(1,2)", "x > 2"):
+    answers_equal(pred, ref, timeout_s=0.2)
+    answers_equal(ref, pred, timeout_s=0.2)
+  normalize_answer(pred)
+  assert time.monotonic() - start < 5  # milliseconds when idle; generous for a loaded CI machine
