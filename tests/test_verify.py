@@ -9,7 +9,7 @@ import pytest
 from reasoner.verify.answers import (answers_equal, extract_answer, math_accuracy,
                                      normalize_answer, to_sympy_syntax)
 
-# (prediction, reference, equal?) -- decisions documented in reasoner/rewards/verify.py.
+# (prediction, reference, equal?) -- decisions documented in reasoner/verify/answers.py.
 EQUIVALENCE_TABLE = [
     # thousands separators, decimals, signs
     ("1,000", "1000", True),
