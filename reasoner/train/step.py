@@ -117,7 +117,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   """The pure step(state, batch, rng) -> (state, metrics) that `make_train_step` jits.
 
   A non-finite loss or gradient norm skips the update: params and optimiser state come back
-  unchanged (the select fuses into the elementwise update, so it costs no memory) and
+  unchanged (the select mostly fuses into the elementwise update: +0.07 GiB on the 0.5B
+  preset's 11.7 GiB SFT step) and
   metrics["skipped"] is 1 (`reasoner.stages.loop` counts and stops on a run of them)."""
   def step(state: TrainState, batch: Any, rng: jax.Array):
     (loss, metrics), grads = loss_and_grads(loss_fn, state, batch, rng, micro_batches)
