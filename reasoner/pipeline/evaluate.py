@@ -11,6 +11,7 @@ from reasoner.data.problem import Problem
 from reasoner.rewards import format_reward, is_correct
 from reasoner.sampling import SamplingConfig
 from reasoner.sampling.rollouts import sample_rollouts
+from reasoner.pipeline.study import pass_at_k
 from reasoner.tts.majority import majority_correct
 
 
@@ -35,7 +36,8 @@ def evaluate(params, model_cfg, tokenizer, problems: Sequence[Problem], prompts_
       "greedy_acc": float(np.mean([is_correct(p, c) for p, c in zip(problems, greedy)])),
       "pass@1": float(correct.mean()),
       f"maj@{k}": float(maj),
-      f"pass@{k}": float(correct.any(axis=1).mean()),
+      # The unbiased estimator with n = k samples: the share of problems with a correct one.
+      f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in correct.sum(axis=1)])),
       "format_rate": float(np.mean([format_reward(c) for c in sampled])),
       "mean_length": float(lengths.mean()),
       "examples": [{"prompt": problems[i].prompt, "completion": greedy[i]} for i in range(min(3, len(problems)))],
