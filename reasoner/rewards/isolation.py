@@ -1,0 +1,130 @@
+"""The OS boundary of the code sandbox: bubblewrap (`bwrap`, Debian package `bubblewrap`).
+
+Each run gets new pid, network, IPC and UTS namespaces and a filesystem view that holds only
+the interpreter, read-only (its prefix, with site-packages hidden, and the system libraries
+it links), a fresh /proc of its own pid namespace, a minimal /dev and a size-capped private
+tmpfs at /tmp, the only writable place. No /etc, no project files, no host processes, no
+network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID and the prelude drops to a fresh
+unprivileged uid per run (so RLIMIT_NPROC applies and no capability remains); as another
+user, bwrap maps the caller's uid into a user namespace.
+
+`sandbox_mode(allow_weak)` is 'bwrap' when a probe run works (cached), else 'weak' (rlimits,
+session and audit hook only) if the caller accepts it, with a warning, else it raises
+SandboxUnavailable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import sysconfig
+import threading
+import warnings
+
+UID_RANGE = (200_000, 1 << 30)  # unprivileged uids drawn per run when starting as root
+
+
+class SandboxUnavailable(RuntimeError):
+  """No OS isolation here and the config did not accept the weak sandbox."""
+
+
+_lock = threading.Lock()
+_probe_result: dict[str, object] = {}
+_warned = [False]
+
+
+def _interpreter_paths() -> list[str]:
+  paths = []
+  for path in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(
+      os.path.realpath(sys.executable)))):
+    path = os.path.realpath(path)
+    if path != "/" and not any(path == p or path.startswith(p + "/") for p in paths):
+      paths = [p for p in paths if not p.startswith(path + "/")] + [path]
+  return paths
+
+
+def _hidden_paths(prefixes: list[str]) -> list[str]:
+  """site-packages directories inside the bound prefixes (hidden behind empty tmpfs)."""
+  hidden = []
+  for key in ("purelib", "platlib"):
+    path = os.path.realpath(sysconfig.get_paths()[key])
+    if os.path.isdir(path) and any(path.startswith(p + "/") for p in prefixes):
+      hidden.append(path)
+  return sorted(set(hidden))
+
+
+def bwrap_command(tmpfs_bytes: int) -> list[str]:
+  """The bwrap argument list up to (not including) the interpreter command."""
+  root = os.geteuid() == 0
+  cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+         "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+  if root:
+    cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+  else:
+    cmd += ["--unshare-user"]
+  prefixes = _interpreter_paths()
+  made = set()
+  for path in prefixes + ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]:
+    if not os.path.exists(path):
+      continue
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts)):
+      parent = "/" + "/".join(parts[:i])
+      if parent not in made and parent not in prefixes:
+        made.add(parent)
+        cmd += ["--perms", "0755", "--dir", parent]
+    cmd += ["--ro-bind", path, path] if os.path.realpath(path) == path else \
+        ["--symlink", os.path.relpath(os.path.realpath(path), os.path.dirname(path)), path]
+  for path in _hidden_paths(prefixes):
+    cmd += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
+  cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(int(tmpfs_bytes)),
+          "--tmpfs", "/tmp", "--chdir", "/tmp"]
+  return cmd
+
+
+def sandbox_uid() -> int | None:
+  """A fresh unprivileged uid for one run when the host runs as root, else None."""
+  if os.geteuid() != 0:
+    return None
+  return UID_RANGE[0] + secrets.randbelow(UID_RANGE[1] - UID_RANGE[0])
+
+
+def bwrap_status() -> tuple[bool, str]:
+  """(works, reason) for bubblewrap on this host; probed once per process."""
+  with _lock:
+    if "bwrap" not in _probe_result:
+      _probe_result["bwrap"] = _probe_bwrap()
+    return _probe_result["bwrap"]
+
+
+def _probe_bwrap() -> tuple[bool, str]:
+  if shutil.which("bwrap") is None:
+    return False, "bwrap is not installed (apt-get install bubblewrap)"
+  from reasoner.rewards.sandbox import run_python  # pylint: disable=import-outside-toplevel
+  try:
+    result = run_python("def two():\n  return 2\n", "assert two() == 2", timeout_s=30.0,
+                        _mode="bwrap")
+  except OSError as e:
+    return False, f"bwrap failed to start: {e}"
+  if not result.passed:
+    detail = (result.stderr.strip().splitlines() or [result.status])[-1]
+    return False, f"bwrap cannot create the sandbox here: {detail[:200]}"
+  return True, "ok"
+
+
+def sandbox_mode(allow_weak: bool) -> str:
+  """'bwrap', or 'weak' when bwrap does not work and `allow_weak` (warns once); else raises."""
+  works, reason = bwrap_status()
+  if works:
+    return "bwrap"
+  if not allow_weak:
+    raise SandboxUnavailable(
+        f"the code reward needs OS isolation and {reason}; install bubblewrap, or accept the "
+        "weaker in-process sandbox with allow_weak_sandbox=True (config.grpo.reward)")
+  if not _warned[0]:
+    _warned[0] = True
+    warnings.warn(f"code sandbox without OS isolation ({reason}): rlimits and an audit hook "
+                  "only; a determined program can read host files", RuntimeWarning, stacklevel=3)
+  return "weak"
