@@ -18,7 +18,7 @@ into the solution, test data inlined); the child returns each probe's value as a
 literal and this process runs the tests on those values (`code_tests.judge_tests`). Nothing
 the child writes can decide the verdict: a forged line is only a forged output.
 
-Output is read with caps while the program runs (a stream past its cap is closed); the
+Output is read while the program runs and kept up to a cap (the rest is drained); the
 wall-clock timeout kills the whole process group, and bwrap's --die-with-parent and pid
 namespace take everything inside with it. Without bubblewrap the code reward refuses to run
 unless the caller passes allow_weak_sandbox=True (rlimits, a new session and the prelude's
@@ -97,9 +97,8 @@ def _kill_group(pgid: int) -> None:
 
 def _communicate(proc: subprocess.Popen, results, payload: bytes, deadline: float,
                  caps: dict[str, int]) -> tuple[dict[str, bytes], bool]:
-  """Feeds stdin and reads stdout / stderr / results, each up to its cap, until EOF or the
-  deadline. A stream that passes its cap is closed (the writer gets EPIPE). Returns the bytes
-  read per stream and whether the deadline passed."""
+  """Feeds stdin and reads stdout / stderr / results, keeping each up to its cap, until EOF
+  or the deadline. Returns the bytes kept per stream and whether the deadline passed."""
   files = {"stdout": proc.stdout, "stderr": proc.stderr, "results": results}
   streams = {name: f.fileno() for name, f in files.items()}
   data = {name: bytearray() for name in streams}
@@ -137,11 +136,11 @@ def _communicate(proc: subprocess.Popen, results, payload: bytes, deadline: floa
         except OSError:
           chunk = b""
         room = caps[name] - len(data[name])
-        data[name] += chunk[:max(room, 0)]
-        if not chunk or len(chunk) > room:
+        data[name] += chunk[:max(room, 0)]  # past the cap, stdout / stderr are drained unkept
+        if not chunk or (name == "results" and len(chunk) > room):
           sel.unregister(key.fd)
           open_readers -= 1
-          if chunk:  # over the cap: close it (the writer gets EPIPE, or blocks until killed)
+          if chunk:  # too many results: close the channel (the writer gets EPIPE)
             files[name].close()
   finally:
     sel.close()
