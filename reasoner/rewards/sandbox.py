@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -95,11 +96,42 @@ def _kill_group(pgid: int) -> None:
     pass
 
 
-def _communicate(proc: subprocess.Popen, results, payload: bytes, deadline: float,
-                 caps: dict[str, int]) -> tuple[dict[str, bytes], bool]:
+def _watch_init(raw: bytes, box: list, bwrap_pid: int) -> None:
+  """Opens a pidfd on the sandbox's init from bwrap's --info-fd JSON (once): killing it ends
+  every process of the sandbox's pid namespace, and its exit means they are all gone."""
+  if box:
+    return
+  try:
+    # bwrap writes this before it starts the program: only the first object counts.
+    pid = int(json.JSONDecoder().raw_decode(raw.decode("utf-8").lstrip())[0]["child-pid"])
+    pidfd = os.pidfd_open(pid)
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:  # only bwrap's own child
+      parent = int(next(l for l in f if l.startswith("PPid:")).split()[1])
+    if parent != bwrap_pid:
+      os.close(pidfd)
+      return
+    box.append(pidfd)
+  except (ValueError, KeyError, TypeError, OSError, AttributeError, StopIteration):
+    return
+
+
+def _kill_sandbox(box: list, wait_s: float = 10.0) -> None:
+  for pidfd in box:
+    try:
+      signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+      select.select([pidfd], [], [], wait_s)  # readable once it (and so its namespace) is gone
+    except OSError:
+      pass
+    finally:
+      os.close(pidfd)
+  box.clear()
+
+
+def _communicate(proc: subprocess.Popen, extra: dict, payload: bytes, deadline: float,
+                 caps: dict[str, int], on_info=None) -> tuple[dict[str, bytes], bool]:
   """Feeds stdin and reads stdout / stderr / results, keeping each up to its cap, until EOF
   or the deadline. Returns the bytes kept per stream and whether the deadline passed."""
-  files = {"stdout": proc.stdout, "stderr": proc.stderr, "results": results}
+  files = {"stdout": proc.stdout, "stderr": proc.stderr, **extra}
   streams = {name: f.fileno() for name, f in files.items()}
   data = {name: bytearray() for name in streams}
   sel = selectors.DefaultSelector()
@@ -137,7 +169,9 @@ def _communicate(proc: subprocess.Popen, results, payload: bytes, deadline: floa
           chunk = b""
         room = caps[name] - len(data[name])
         data[name] += chunk[:max(room, 0)]  # past the cap, stdout / stderr are drained unkept
-        if not chunk or (name == "results" and len(chunk) > room):
+        if name == "info" and on_info is not None and chunk:
+          on_info(bytes(data[name]))
+        if not chunk or (name in ("results", "info") and len(chunk) > room):
           sel.unregister(key.fd)
           open_readers -= 1
           if chunk:  # too many results: close the channel (the writer gets EPIPE)
@@ -197,8 +231,10 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 2
   if len(code) + sum(map(len, plan.probes)) > MAX_SOURCE_CHARS:
     return SandboxResult(False, "error", "", "source too large", None, 0.0, isolation=mode)
   workdir = None
+  info_read, info_write = os.pipe()  # bwrap reports the host pid of the sandbox's init here
+  info = os.fdopen(info_read, "rb", buffering=0)
   if mode == "bwrap":
-    cmd = isolation.bwrap_command(tmpfs_mb << 20) + [
+    cmd = isolation.bwrap_command(tmpfs_mb << 20) + ["--info-fd", str(info_write)] + [
         os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _BOOT_SOURCE]
     root, uid, cwd = "/tmp", isolation.sandbox_uid(), "/"
   else:
@@ -216,26 +252,34 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 2
   try:
     try:
       proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=cwd, env=env, pass_fds=(write_fd,),
-                              close_fds=True, start_new_session=True)
+                              stderr=subprocess.PIPE, cwd=cwd, env=env,
+                              pass_fds=(write_fd, info_write) if mode == "bwrap" else
+                              (write_fd,), close_fds=True,
+                              start_new_session=True)
     finally:
       os.close(write_fd)
-    caps = {"stdout": max_output_bytes, "stderr": max_output_bytes, "results": max_result_bytes}
+      os.close(info_write)
+    caps = {"stdout": max_output_bytes, "stderr": max_output_bytes, "results": max_result_bytes,
+            "info": 4096}
+    sandbox_init_box: list = []
     try:
-      data, timed_out = _communicate(proc, results, json.dumps(request).encode("utf-8"),
-                                     start + timeout_s, caps)
+      data, timed_out = _communicate(proc, {"results": results, "info": info},
+                                     json.dumps(request).encode("utf-8"), start + timeout_s, caps,
+                                     on_info=lambda raw: _watch_init(raw, sandbox_init_box, proc.pid))
       if not timed_out:
         try:
           proc.wait(timeout=max(start + timeout_s - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
           timed_out = True
     finally:
+      _kill_sandbox(sandbox_init_box)
       _kill_group(proc.pid)  # also reaps anything left in its group
       proc.wait()
       for stream in (proc.stdout, proc.stderr):
         stream.close()
   finally:
     results.close()
+    info.close()
     if workdir is not None:
       _remove_tree(workdir)
   duration = time.monotonic() - start

@@ -155,10 +155,12 @@ def main():
   request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
   sys.stdin.close()
   sys.stdin = open(os.devnull, "r")  # pylint: disable=consider-using-with
+  result_fd = request["result_fd"]
+  os.closerange(3, result_fd)  # nothing but stdio and the result channel stays open
+  os.closerange(result_fd + 1, 1 << 16)
   _drop_privileges(request["limits"], request["uid"])
   root = os.path.realpath(request["root"])
   os.chdir(root)
-  result_fd = request["result_fd"]
   write, dumps, run, evaluate, text = os.write, json.dumps, exec, eval, repr
 
   def emit(record):
