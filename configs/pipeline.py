@@ -88,9 +88,11 @@ def tiny() -> ConfigDict:
   c.grpo.loss = ConfigDict(dict(epsilon_low=0.2, epsilon_high=0.28, beta=0.0, kl_estimator="k3",
                                 loss_agg="token_mean", constant_norm=64.0, scale_by_std=True,
                                 entropy_coef=-0.5))
+  # Code problems (meta "tests") run under bubblewrap, code_workers at a time (0 = all CPUs);
+  # without bwrap the code reward refuses to run unless allow_weak_sandbox=True.
   c.grpo.reward = ConfigDict(dict(w_out=1.0, w_proc=0.2, w_format=1.0, w_lang=0.0, l_cost=0.0,
                                   l_safe=1.0, cost_per_token=0.0, overlong_max_tokens=0,
-                                  overlong_buffer=0))
+                                  overlong_buffer=0, code_workers=0, allow_weak_sandbox=False))
   # The tiny model's GRPO (BUILD_NOTES "GRPO with SFT replay and an entropy term"): lr 2e-4 with
   # the replay term below and entropy minimisation; without the replay, rates above 5e-5 lose
   # accuracy.

@@ -18,7 +18,7 @@ import pytest
 
 from reasoner.data.problem import Problem
 from reasoner.rewards import RewardConfig, compute_rewards, isolation
-from reasoner.rewards.sandbox import run_python
+from reasoner.rewards.sandbox import run_many, run_python
 
 pytestmark = pytest.mark.skipif(not isolation.bwrap_status()[0],
                                 reason="bubblewrap unavailable here: " + isolation.bwrap_status()[1])
@@ -387,3 +387,18 @@ def test_a_batch_of_attacks_leaves_honest_scores_unchanged():
   assert parts["r_out"][0] == parts["r_out"][-1] == 1.0
   assert np.all(parts["r_out"][1:-1] == 0.0)
   assert np.all(rewards[1:-1] < rewards[0])
+
+
+def test_concurrent_runs_cannot_see_each_other():
+  writer = ("import os, time\nopen('/tmp/drop', 'w').write('from the other run')\n"
+            "print(os.getuid())\ntime.sleep(1.5)\n")
+  reader = ("import os, time\ntime.sleep(0.5)\nprint(os.getuid())\n"
+            "print(os.path.exists('/tmp/drop'), sorted(p for p in os.listdir('/proc') "
+            "if p.isdigit()))\n")
+  results = run_many([(writer, ""), (reader, "")], workers=2, timeout_s=5.0, **OS_ONLY)
+  assert [r.status for r in results] == ["ok", "ok"]
+  writer_uid = results[0].stdout.split()[0]
+  reader_uid, *rest = results[1].stdout.splitlines()
+  assert writer_uid != reader_uid  # a fresh uid per run
+  assert rest[0].startswith("False")  # its own /tmp
+  assert len(json.loads(rest[0].split(" ", 1)[1].replace("'", '"'))) <= 2  # its own processes
