@@ -21,18 +21,23 @@ from reasoner.checkpoint import load_model, save_model
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline.metrics_log import MetricsWriter
 from reasoner.stages.context import stable_seed
-from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentencepiece
+from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentencepiece, trained_for
 
 ALGOS = ("grpo", "ppo")
 
 
 def build_tokenizer(cfg, workdir: str):
   path = os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(path, "tokenizer.model")):
+  settings = {"vocab_size": cfg.tokenizer.vocab_size, "n_problems": cfg.tokenizer.n_problems,
+              "template": cfg.env.template, "task": cfg.task.to_dict(), "seed": cfg.seed}
+  stages = os.path.join(workdir, "stages")
+  if trained_for.reusable(path, settings, os.path.isdir(stages) and any(os.listdir(stages))):
     return load_tokenizer(path)
   problems = train_problems(make_task(cfg), cfg, cfg.tokenizer.n_problems, "tokenizer")
-  return train_sentencepiece(tokenizer_corpus(problems, cfg.env.template), path,
-                             vocab_size=cfg.tokenizer.vocab_size)
+  tokenizer = train_sentencepiece(tokenizer_corpus(problems, cfg.env.template), path,
+                                  vocab_size=cfg.tokenizer.vocab_size)
+  trained_for.record(path, settings)
+  return tokenizer
 
 
 def build_model_config(cfg, tokenizer) -> ModelConfig:

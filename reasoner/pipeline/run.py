@@ -28,7 +28,7 @@ from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
 from reasoner.pipeline.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext, held_out_problems
-from reasoner.tokenizer import load_tokenizer, train_sentencepiece
+from reasoner.tokenizer import load_tokenizer, train_sentencepiece, trained_for
 
 # Which model each stage starts from.
 _PARENT = {"sft": "m0", "grpo": "sft", "distill": "grpo", "dpo": "distill"}
@@ -47,7 +47,11 @@ def build_tokenizer(cfg, workdir: str):
   if kind == "from_init":
     path = os.path.join(cfg.init, "tokenizer") if os.path.isdir(os.path.join(cfg.init, "tokenizer")) else cfg.init
     return load_tokenizer(path)
-  if os.path.exists(os.path.join(tok_dir, "tokenizer.model")):
+  settings = {"vocab_size": cfg.tokenizer.vocab_size, "template": cfg.tokenizer.template,
+              "tasks": cfg.data.tasks, "difficulty": cfg.data.difficulty, "seed": cfg.seed}
+  stages = os.path.join(workdir, "stages")
+  in_use = os.path.isdir(stages) and any(os.listdir(stages))
+  if trained_for.reusable(tok_dir, settings, in_use):
     return load_tokenizer(tok_dir)
   from reasoner.stages.pretrain import corpus_document
   from reasoner.stages.context import stable_seed
@@ -57,7 +61,9 @@ def build_tokenizer(cfg, workdir: str):
   probs = mixture(tasks, "train", 4000, stable_seed(cfg.seed, "tokenizer"), cfg.data.difficulty)
   texts = [corpus_document(p) for p in probs] + [format_prompt(p.prompt, cfg.tokenizer.template) + p.solution for p in probs]
   _log(f"[tokenizer] training SentencePiece (vocab {cfg.tokenizer.vocab_size}) on {len(texts)} texts")
-  return train_sentencepiece(texts, tok_dir, vocab_size=cfg.tokenizer.vocab_size)
+  tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=cfg.tokenizer.vocab_size)
+  trained_for.record(tok_dir, settings)
+  return tokenizer
 
 
 def config_model(cfg) -> ModelConfig:
