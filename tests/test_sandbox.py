@@ -155,3 +155,14 @@ def test_extract_code():
   assert extract_code("<think>t</think><answer>  x = 1</answer>") == "x = 1"
   assert extract_code("x = 3") == "x = 3"
   assert code_reward("<think>t</think><answer></answer>", TESTS) == 0.0
+
+
+def test_python_tool_refuses_without_isolation(monkeypatch):
+  from reasoner.agentic.tools import ToolCall, default_tools, run_tool_call
+  monkeypatch.setitem(isolation._probe_result, "bwrap", (False, "bwrap is not installed"))
+  with pytest.raises(isolation.SandboxUnavailable):
+    run_tool_call(ToolCall("python", "print(1)"), default_tools())
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tools = default_tools(python_allow_weak_sandbox=True)
+    assert run_tool_call(ToolCall("python", "6 * 7"), tools) == ("42", None)
