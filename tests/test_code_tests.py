@@ -59,7 +59,11 @@ def test_solution_values_cannot_fake_equality():
 
 
 @pytest.mark.parametrize("tests", [
-    "def helper():\n    return 1\nassert helper() == 1",  # a def in the tests
+    "def helper(x=1):\n    return x\nassert helper() == f()",  # a helper with defaults
+    "@cache\ndef helper(x):\n    return x\nassert helper(1) == f()",
+    "def check(c):\n    assert c(1) == 2\ncheck(lambda x: 2)",
+    "while True:\n    assert f() == 1",
+    "class T:\n    pass\nassert f() == 1",
     "for x in f(3):\n    assert x > 0",  # control flow on a solution's output
     "if f(1):\n    assert True",
     "import os\nassert f() == 1",
@@ -82,3 +86,16 @@ def test_parent_side_work_is_bounded():
   # str.replace may amplify, so tests cannot apply it to values here:
   with pytest.raises(UnsupportedTests):
     plan_tests("s = 'aaa'\nassert s.replace('a', 'b') == f()")
+
+
+def test_humaneval_style_check_function():
+  tests = ("METADATA = {'author': 'x'}\n\ndef check(candidate):\n"
+           "    assert candidate([1, 2]) == 3\n    for xs in ([1], [2]):\n"
+           "        assert candidate(xs) == xs[0]\n\ncheck(total)\n")
+  plan = plan_tests(tests)
+  assert plan.probes == ("total([1, 2])", "total([1])", "total([2])") and plan.num_checks == 3
+  assert judge_tests(tests, [(True, 3), (True, 1), (True, 2)]).passed
+  assert not judge_tests(tests, [(True, 3), (True, 1), (True, 3)]).passed
+  helper = "def expected(x):\n    return x * 2\nfor i in range(3):\n    assert f(i) == expected(i)"
+  assert plan_tests(helper).probes == ("f(0)", "f(1)", "f(2)")
+  assert judge_tests(helper, [(True, 0), (True, 2), (True, 4)]).passed

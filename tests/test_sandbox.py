@@ -76,6 +76,9 @@ def test_loops_floats_and_classes():
            "assert math.isclose(half(1), 0.5)\nassert abs(half(3) - 1.5) < 1e-9\n")
   result = run_python(code, tests)
   assert result.passed and result.checks == 5
+  humaneval = "def check(candidate):\n    assert candidate(4) == 2.0\n\ncheck(half)\n"
+  assert run_python(code, humaneval).passed
+  assert not run_python("def half(x):\n    return x", humaneval).passed
 
 
 @needs_bwrap
@@ -117,7 +120,7 @@ def test_run_many_keeps_order_and_parallelises():
 
 def test_unsupported_tests_are_a_data_error():
   with pytest.raises(UnsupportedTests):
-    run_python(GOOD, "def helper():\n    return 1\nassert helper() == add(0, 1)")
+    run_python(GOOD, "while True:\n    assert add(0, 1) == 1")
   with pytest.raises(UnsupportedTests):
     code_reward(_completion(GOOD), "x = 1")  # nothing to judge: no reward
 

@@ -1,7 +1,8 @@
 """Unit tests of the code reward, judged in the trusted parent.
 
 A test script is plain Python made of `assert` statements, assignments of test data, `for`
-loops and `if`s over test data, and `import math`. The parent interprets it itself; only the
+loops and `if`s over test data, `import math`, and helpers such as HumanEval's
+`def check(candidate): assert candidate(1) == 2` called as `check(solve)`. The parent interprets it itself; only the
 calls into the solution ("probes", e.g. `add(2, 3)` or `Solution().solve([1, 2])`) run in the
 sandboxed child, which sends back their values as plain Python literals. Everything around a
 probe (the comparison, `sorted(...)`, `abs(x - 1.5) < 1e-6`, the expected values) is evaluated
@@ -55,6 +56,24 @@ class _Pending:
 
 
 _PENDING = _Pending()
+
+
+@dataclasses.dataclass(frozen=True)
+class _SolutionRef:
+  """A test helper's parameter bound to a name of the solution (`check(candidate)`)."""
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _TestFunction:
+  """A `def` of the test script (e.g. HumanEval's `check(candidate)`), run by the interpreter."""
+  node: ast.FunctionDef
+
+
+class _Return(Exception):
+  def __init__(self, value):
+    super().__init__()
+    self.value = value
 
 
 class _ProbeRaised(Exception):
@@ -147,7 +166,7 @@ class _Interpreter:
 
   def __init__(self, probe: Callable[[str], Any], planning: bool):
     self.probe, self.planning = probe, planning
-    self.checks, self.steps, self.uses_math = 0, 0, False
+    self.checks, self.steps, self.uses_math, self.depth = 0, 0, False, 0
 
   # ---- statements -------------------------------------------------------------------------
   def run(self, body: Sequence[ast.stmt], env: dict):
@@ -193,6 +212,13 @@ class _Interpreter:
         env[alias.asname or alias.name] = _MATH[alias.name]
     elif isinstance(stmt, ast.Pass):
       pass
+    elif isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+      args = stmt.args
+      if args.vararg or args.kwarg or args.kwonlyargs or args.defaults or args.posonlyargs:
+        raise UnsupportedTests(f"test helper {stmt.name} must take plain parameters")
+      env[stmt.name] = _TestFunction(stmt)
+    elif isinstance(stmt, ast.Return):
+      raise _Return(None if stmt.value is None else self.eval(stmt.value, env))
     else:
       raise UnsupportedTests(f"unsupported test statement: {ast.unparse(stmt)[:80]}")
 
@@ -217,7 +243,9 @@ class _Interpreter:
     """Whether `node` names something of the solution (a free name, or a call / attribute of
     one): such a node is a probe, evaluated in the child."""
     if isinstance(node, ast.Name):
-      return node.id not in env and node.id not in _BUILTINS
+      if node.id in env:
+        return isinstance(env[node.id], _SolutionRef)
+      return node.id not in _BUILTINS
     if isinstance(node, ast.Attribute):
       return self.solution_rooted(node.value, env)
     if isinstance(node, ast.Call):
@@ -231,6 +259,10 @@ class _Interpreter:
           value = env[name.id]
           if value is _MATH_MODULE:
             return name  # the child imports math too
+          if isinstance(value, _SolutionRef):
+            return ast.copy_location(ast.Name(value.name, ast.Load()), name)
+          if isinstance(value, _TestFunction):
+            raise UnsupportedTests("a test helper passed to the solution")
           if value is _PENDING or isinstance(value, _Deferred):
             raise UnsupportedTests("a solution's output passed back into the solution")
           return ast.copy_location(_to_literal(value), name)
@@ -365,6 +397,8 @@ class _Interpreter:
       fn = self.eval(func, env)
     if any(isinstance(a, ast.Starred) for a in node.args):
       raise UnsupportedTests("*args in tests")
+    if isinstance(fn, _TestFunction):
+      return self.call_helper(fn.node, node, env)
     args = [self.eval(a, env) for a in node.args]
     kwargs = {}
     for kw in node.keywords:
@@ -382,6 +416,28 @@ class _Interpreter:
     if isinstance(result, (str, bytes, list, tuple)) and len(result) > MAX_ITEMS:
       raise ValueError("result too long")
     return result
+
+  def call_helper(self, fdef: ast.FunctionDef, call: ast.Call, env: dict):
+    """Runs a test helper: a parameter given a solution name refers to it; others get values."""
+    params = [a.arg for a in fdef.args.args]
+    if call.keywords or len(call.args) != len(params):
+      raise UnsupportedTests(f"call {ast.unparse(call)[:80]} must pass every parameter by position")
+    self.depth += 1
+    if self.depth > 20:
+      raise UnsupportedTests("test helpers nest too deeply")
+    scope = dict(env)
+    for param, arg in zip(params, call.args):
+      if isinstance(arg, ast.Name) and self.solution_rooted(arg, env):
+        scope[param] = env[arg.id] if arg.id in env else _SolutionRef(arg.id)
+      else:
+        scope[param] = self.eval(arg, env)
+    try:
+      self.run(fdef.body, scope)
+      return None
+    except _Return as r:
+      return r.value
+    finally:
+      self.depth -= 1
 
   def comprehension(self, generators, env, element: Callable[[dict], Any]):
     """Rows of element(env) for every binding of `generators`, in order (eagerly evaluated)."""
