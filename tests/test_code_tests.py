@@ -99,3 +99,27 @@ def test_humaneval_style_check_function():
   helper = "def expected(x):\n    return x * 2\nfor i in range(3):\n    assert f(i) == expected(i)"
   assert plan_tests(helper).probes == ("f(0)", "f(1)", "f(2)")
   assert judge_tests(helper, [(True, 0), (True, 2), (True, 4)]).passed
+
+
+def test_expected_exceptions_by_type_name():
+  tests = ("try:\n    f(-1)\n    assert False, 'no error'\nexcept ValueError:\n    pass\n"
+           "try:\n    f(0)\nexcept (TypeError, ArithmeticError):\n    pass\nelse:\n"
+           "    assert False\nassert f(2) == 4\n")
+  assert plan_tests(tests).probes == ("f(-1)", "f(0)", "f(2)")
+  assert judge_tests(tests, [(False, "ValueError"), (False, "ZeroDivisionError"), (True, 4)]).passed
+  for values in ([(True, 1), (False, "ZeroDivisionError"), (True, 4)],  # did not raise
+                 [(False, "ValueError"), (True, 0), (True, 4)],
+                 [(False, "MyError"), (False, "ZeroDivisionError"), (True, 4)],  # wrong type
+                 [(False, "ValueError"), (False, "ZeroDivisionError"), (True, 5)]):
+    assert not judge_tests(tests, values).passed, values
+  # The solution's own exception classes are caught by Exception, never by a builtin type.
+  own = "try:\n    f()\nexcept Exception:\n    pass\nelse:\n    assert False"
+  assert judge_tests(own, [(False, "MyError")]).passed
+  assert not judge_tests(own, [(False, "SystemExit")]).passed  # not an Exception
+
+
+def test_repeated_calls_keep_their_order():
+  tests = "assert counter() == 1\nassert counter() == 2\n"
+  assert plan_tests(tests).probes == ("counter()", "counter()")
+  assert judge_tests(tests, [(True, 1), (True, 2)]).passed
+  assert not judge_tests(tests, [(True, 2), (True, 1)]).passed

@@ -77,7 +77,24 @@ class _Return(Exception):
 
 
 class _ProbeRaised(Exception):
-  """The solution raised while a probe ran (its exception type name is the message)."""
+  """The solution raised while a probe ran (`kind`: its exception type name)."""
+
+  def __init__(self, message: str, kind: str):
+    super().__init__(message)
+    self.kind = kind
+
+
+def _exception_matches(raised: str, handler: str) -> bool:
+  """Whether `except handler` catches an exception whose type is named `raised`: builtin types
+  by their hierarchy, others (the solution's own classes) by `Exception` or their name."""
+  import builtins  # pylint: disable=import-outside-toplevel
+  base = getattr(builtins, handler, None)
+  if not (isinstance(base, type) and issubclass(base, BaseException)):
+    return False
+  kind = getattr(builtins, raised, None)
+  if isinstance(kind, type) and issubclass(kind, BaseException):
+    return issubclass(kind, base)
+  return base is Exception or base is BaseException
 
 
 class _Failed(Exception):
@@ -180,7 +197,7 @@ class _Interpreter:
     if isinstance(stmt, ast.Assert):
       self.checks += 1
       value = self.eval(stmt.test, env)
-      if value is _PENDING:
+      if value is _PENDING or self.planning:  # planning visits every path; judging stops here
         return
       if not value:
         raise _Failed(f"assert {ast.unparse(stmt.test)}")
@@ -217,10 +234,42 @@ class _Interpreter:
       if args.vararg or args.kwarg or args.kwonlyargs or args.defaults or args.posonlyargs:
         raise UnsupportedTests(f"test helper {stmt.name} must take plain parameters")
       env[stmt.name] = _TestFunction(stmt)
+    elif isinstance(stmt, ast.Try):
+      self.run_try(stmt, env)
     elif isinstance(stmt, ast.Return):
       raise _Return(None if stmt.value is None else self.eval(stmt.value, env))
     else:
       raise UnsupportedTests(f"unsupported test statement: {ast.unparse(stmt)[:80]}")
+
+  def run_try(self, stmt: ast.Try, env: dict):
+    """try / except / else / finally, where the exceptions are the solution's (by type name,
+    as the child reports them) or a failed assert (AssertionError)."""
+    for handler in stmt.handlers:
+      names = [] if handler.type is None else (
+          handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type])
+      if handler.name or not all(isinstance(n, ast.Name) for n in names):
+        raise UnsupportedTests("except clauses must name exception types (without 'as')")
+    if self.planning:  # every block may run: collect the probes of all of them
+      for body in [stmt.body] + [h.body for h in stmt.handlers] + [stmt.orelse, stmt.finalbody]:
+        self.run(body, env)
+      return
+    try:
+      try:
+        self.run(stmt.body, env)
+      except (_ProbeRaised, _Failed) as e:
+        raised = e.kind if isinstance(e, _ProbeRaised) else "AssertionError"
+        for handler in stmt.handlers:
+          if handler.type is None or any(_exception_matches(raised, n.id) for n in
+                                         (handler.type.elts if isinstance(handler.type, ast.Tuple)
+                                          else [handler.type])):
+            self.run(handler.body, env)
+            break
+        else:
+          raise
+      else:
+        self.run(stmt.orelse, env)
+    finally:
+      self.run(stmt.finalbody, env)
 
   def bind(self, target: ast.expr, value, env: dict):
     if isinstance(target, ast.Name):
@@ -522,8 +571,6 @@ def plan_tests(tests: str) -> Plan:
   interp = _Interpreter(record, planning=True)
   try:
     interp.run(_parse(tests).body, {})
-  except _Failed:
-    pass  # an assertion on test data alone failed: judged (as a failure) later
   except UnsupportedTests:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -533,18 +580,23 @@ def plan_tests(tests: str) -> Plan:
 
 def judge_tests(tests: str, results: Sequence[tuple[bool, Any]]) -> Verdict:
   """Runs `tests` here with the probes' values from the child: results[i] is (True, value) or
-  (False, exception type name) for plan_tests(tests).probes[i]."""
-  results = list(results)
-  position = [0]
+  (False, exception type name) for plan_tests(tests).probes[i] (missing ones fail)."""
+  # A probe's result is keyed by (source, how many times that source came before it): the
+  # planning pass visits every branch, judging skips some, and both count the same way.
+  keyed, seen = {}, {}
+  for source, result in zip(plan_tests(tests).probes, results):
+    keyed[(source, seen.get(source, 0))] = result
+    seen[source] = seen.get(source, 0) + 1
+  used: dict = {}
 
   def lookup(source):
-    i = position[0]
-    position[0] += 1
-    if i >= len(results):
+    key = (source, used.get(source, 0))
+    used[source] = key[1] + 1
+    if key not in keyed:
       raise _Failed(f"no result for {source}")
-    ok, value = results[i]
+    ok, value = keyed[key]
     if not ok:
-      raise _ProbeRaised(f"{source} raised {value}")
+      raise _ProbeRaised(f"{source} raised {value}", str(value))
     return value
 
   interp = _Interpreter(lookup, planning=False)
