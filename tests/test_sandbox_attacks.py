@@ -402,3 +402,13 @@ def test_concurrent_runs_cannot_see_each_other():
   assert writer_uid != reader_uid  # a fresh uid per run
   assert rest[0].startswith("False")  # its own /tmp
   assert len(json.loads(rest[0].split(" ", 1)[1].replace("'", '"'))) <= 2  # its own processes
+
+
+def test_many_empty_files_stop_at_the_inode_cap():
+  # Empty files cost no tmpfs bytes but kernel memory: the tmpfs caps their number too.
+  code = ("import os, json\nn = 0\ntry:\n    while n < 10 ** 6:\n"
+          "        os.close(os.open('/tmp/f%d' % n, os.O_CREAT | os.O_WRONLY))\n        n += 1\n"
+          "except OSError as e:\n    print(json.dumps({'n': n, 'error': e.errno}))\n")
+  seen, result = _observations(code, max_files=500, **OS_ONLY)
+  assert seen == {"n": 499, "error": 28}  # ENOSPC; the tmpfs root is one of the 500
+  assert result.status == "ok"

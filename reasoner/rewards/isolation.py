@@ -4,9 +4,10 @@ Each run gets new pid, network, IPC and UTS namespaces and a filesystem view tha
 the interpreter, read-only (its prefix, with site-packages hidden, and the system libraries
 it links), a fresh /proc of its own pid namespace, a minimal /dev and a size-capped private
 tmpfs at /tmp, the only writable place. No /etc, no project files, no host processes, no
-network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID and the prelude drops to a fresh
-unprivileged uid per run (so RLIMIT_NPROC applies and no capability remains); as another
-user, bwrap maps the caller's uid into a user namespace.
+network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID / CAP_SYS_ADMIN for the prelude,
+which caps the tmpfs's inodes and drops to a fresh unprivileged uid per run before it reads the
+program (so RLIMIT_NPROC applies and no capability remains); as another user, bwrap maps the
+caller's uid into a user namespace (the tmpfs then has a size cap only).
 
 `sandbox_mode(allow_weak)` is 'bwrap' when a probe run works (cached), else 'weak' (rlimits,
 session and audit hook only) if the caller accepts it, with a warning, else it raises
@@ -61,7 +62,9 @@ def bwrap_command(tmpfs_bytes: int) -> list[str]:
   cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
          "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
   if root:
-    cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    # Held by the prelude only: it caps the tmpfs's inodes, then drops to an unprivileged uid.
+    cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+            "--cap-add", "CAP_SYS_ADMIN"]
   else:
     cmd += ["--unshare-user"]
   prefixes = _interpreter_paths()

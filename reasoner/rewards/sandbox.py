@@ -10,7 +10,8 @@ by the prelude before the code is read (hard = soft):
 
   RLIMIT_CPU     ceil(timeout_s) + 1 seconds    RLIMIT_AS      memory_mb
   RLIMIT_NPROC   1 (per fresh uid: no fork,     RLIMIT_FSIZE   max_file_bytes (per file; the
-                 no threads)                                   tmpfs caps the total: tmpfs_mb)
+                 no threads)                                   tmpfs caps the total: tmpfs_mb
+                                                               and max_files inodes)
   RLIMIT_NOFILE  64                             RLIMIT_CORE    0
 
 The child never sees the tests. `code_tests.plan_tests` turns them into probes (the calls
@@ -216,7 +217,7 @@ def _parse_results(raw: bytes, n_probes: int) -> tuple[bool, list[tuple[bool, An
 
 def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 256,
                max_output_bytes: int = 65536, max_file_bytes: int = 8 << 20, *,
-               tmpfs_mb: int = 64, max_result_bytes: int = 1 << 20,
+               tmpfs_mb: int = 64, max_files: int = 4096, max_result_bytes: int = 1 << 20,
                allow_weak_sandbox: bool = False, audit_hook: bool = True,
                _mode: Optional[str] = None) -> SandboxResult:
   """Runs `code`, evaluates the probes of `tests` in the sandbox and judges them here.
@@ -244,7 +245,9 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 2
     cmd, uid = [sys.executable, "-I", "-S", "-B", _BOOT_PATH], None
   read_fd, write_fd = os.pipe()
   results = os.fdopen(read_fd, "rb", buffering=0)
-  request = {"code": code, "probes": list(plan.probes), "uid": uid, "root": root,
+  tmpfs = {"path": "/tmp", "size": tmpfs_mb << 20, "inodes": max_files} if uid is not None \
+      else None
+  request = {"code": code, "probes": list(plan.probes), "uid": uid, "root": root, "tmpfs": tmpfs,
              "hook": bool(audit_hook), "math": plan.uses_math, "result_fd": write_fd,
              "limits": _limits(timeout_s, memory_mb, max_file_bytes)}
   env = dict(_ENV, HOME=root, TMPDIR=root)

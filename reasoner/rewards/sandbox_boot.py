@@ -131,7 +131,24 @@ def _check_plain(value, depth=0, seen=None):
   seen.discard(id(value))
 
 
-def _drop_privileges(limits, uid):
+def _cap_tmpfs(spec):
+  """Remounts the sandbox's tmpfs with a cap on its inodes as well as its size (bwrap sets only
+  the size). Needs CAP_SYS_ADMIN, which the sandbox holds until the uid is dropped."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  libc = ctypes.CDLL(None, use_errno=True)
+  ms_nosuid, ms_nodev, ms_remount = 2, 4, 32
+  options = f"size={int(spec['size'])},nr_inodes={int(spec['inodes'])},mode=1777".encode()
+  if libc.mount(b"tmpfs", spec["path"].encode(), b"tmpfs", ms_remount | ms_nosuid | ms_nodev,
+                options) != 0:
+    raise SystemExit(f"sandbox: could not cap the tmpfs (errno {ctypes.get_errno()})")
+  for name in list(sys.modules):  # a later `import ctypes` loads it again (and trips the hook)
+    if name in ("ctypes", "_ctypes") or name.startswith("ctypes."):
+      del sys.modules[name]
+
+
+def _drop_privileges(limits, uid, tmpfs=None):
+  if tmpfs is not None and os.getuid() == 0:
+    _cap_tmpfs(tmpfs)
   for name, value in limits:
     res = getattr(resource, name)
     _, hard = resource.getrlimit(res)
@@ -141,6 +158,7 @@ def _drop_privileges(limits, uid):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+  if uid is not None:
     if os.getuid() != uid or os.geteuid() != uid:
       raise SystemExit("sandbox: could not drop privileges")
     try:
@@ -158,7 +176,7 @@ def main():
   result_fd = request["result_fd"]
   os.closerange(3, result_fd)  # nothing but stdio and the result channel stays open
   os.closerange(result_fd + 1, 1 << 16)
-  _drop_privileges(request["limits"], request["uid"])
+  _drop_privileges(request["limits"], request["uid"], request.get("tmpfs"))
   root = os.path.realpath(request["root"])
   os.chdir(root)
   write, dumps, run, evaluate, text = os.write, json.dumps, exec, eval, repr
