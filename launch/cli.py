@@ -18,6 +18,11 @@ def parse_flags(argv):
   preset, a config file that raises) ends with one line naming the cause, not a traceback."""
   try:
     return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.a.b names no field
+    name = str(e).strip("\"' ")
+    hits = [a.split("=")[0] for a in argv if a.startswith("--config.") and
+            a.split("=")[0].split(".")[-1] == name]
+    fail(f"{hits[0] if hits else name}: the config has no field {name!r}")
   except flags.Error as e:
     cause = e
     while (cause.__cause__ or cause.__context__) is not None:

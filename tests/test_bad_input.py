@@ -41,6 +41,14 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, below):
   assert (tmp_path / "afile").read_text() == "not a folder"
 
 
+def test_unknown_config_field_is_one_line(tmp_path):
+  proc = _launch("--config=configs/pipeline.py:tiny", f"--workdir={tmp_path}",
+                 "--config.grpo.no_such_field=1")
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines() == [
+      "error: --config.grpo.no_such_field: the config has no field 'no_such_field'"]
+
+
 def test_missing_config_file_is_one_line(tmp_path):
   proc = _launch("--config=configs/no_such_file.py:tiny", f"--workdir={tmp_path}")
   assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
