@@ -211,6 +211,12 @@ seen['uid'] = [os.getuid(), os.geteuid(), os.getgid()]
 seen['env'] = dict(os.environ)
 fds = os.listdir('/proc/self/fd')  # the descriptor of the listing itself is the last one
 seen['fds'] = sorted(fds, key=int)[:-1]
+for module in ('reasoner', 'numpy', 'jax', 'sitecustomize'):
+    try:
+        __import__(module)
+        seen['import ' + module] = 'IMPORTED'
+    except ImportError:
+        seen['import ' + module] = 'ImportError'
 try:
     os.setuid(0)
     seen['setuid0'] = True
@@ -230,6 +236,7 @@ print(json.dumps(seen))
   assert seen["uid"][0] != 0 and seen["uid"][1] != 0 and not seen["setuid0"]
   assert set(seen["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD"}
   assert len(seen["fds"]) == 4  # stdio and the result channel only
+  assert "IMPORTED" not in seen.values()  # neither the project nor site-packages is in view
   hooked = run_python(code, "")  # with the hook on, the same reads leak nothing either
   assert "s3cr3t-token" not in hooked.stdout and "root:" not in hooked.stdout
 
@@ -361,6 +368,9 @@ print(json.dumps(seen))
     "def mul(a, b):\n    import time\n    time.sleep(1000)\n",
     "x = 'x'\nwhile True:\n    x += x\n",
     "import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(n):\n    return f(n + 1)\nf(0)\n",
+    "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n",  # stopped: no CPU time spent
+    "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(1000)\n",  # EOF, then a hang
+    "import threading\nthreading.Event().wait()\n",
 ])
 def test_exhaustion_is_bounded(attack):
   start = time.monotonic()
