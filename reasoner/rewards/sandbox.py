@@ -120,7 +120,9 @@ def _kill_sandbox(box: list, wait_s: float = 10.0) -> None:
   for pidfd in box:
     try:
       signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-      select.select([pidfd], [], [], wait_s)  # readable once it (and so its namespace) is gone
+      poller = select.poll()
+      poller.register(pidfd, select.POLLIN)
+      poller.poll(wait_s * 1000)  # readable once it (and so its namespace) is gone
     except OSError:
       pass
     finally:
@@ -156,7 +158,9 @@ def _communicate(proc: subprocess.Popen, extra: dict, payload: bytes, deadline: 
         if name == "stdin":
           try:
             pending = pending[os.write(stdin_fd, pending[:65536]):]
-          except (BrokenPipeError, OSError):
+          except BlockingIOError:
+            continue
+          except OSError:  # the child is gone or closed its stdin
             pending = pending[:0]
           if not pending:
             sel.unregister(stdin_fd)
