@@ -52,6 +52,7 @@ from reasoner.rewards.verify import THINK_CLOSE, answer_block
 
 STATUSES = ("ok", "failed", "timeout", "error", "killed")
 VIOLATION_EXIT_CODE = 86  # must match sandbox_boot.VIOLATION_EXIT_CODE
+MEMORY_EXIT_CODE = 87  # must match sandbox_boot.MEMORY_EXIT_CODE
 MAX_SOURCE_CHARS = 200_000
 _BOOT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_boot.py")
 with open(_BOOT_PATH, encoding="utf-8") as _f:
@@ -300,7 +301,7 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 2
     status = "killed"
     found = _VIOLATION_LINE.findall(stderr)
     violation = found[-1] if found else "unknown"
-  elif returncode < 0 or returncode > 128:
+  elif returncode < 0 or returncode > 128 or returncode == MEMORY_EXIT_CODE:
     status = "killed"  # a signal (bwrap reports 128 + signal): CPU, memory, file size, ...
   else:
     loaded, values = _parse_results(data["results"], len(plan.probes))

@@ -24,6 +24,7 @@ import sys
 import traceback
 
 VIOLATION_EXIT_CODE = 86
+MEMORY_EXIT_CODE = 87  # the memory limit was hit (reported as 'killed', like a signal)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _ALLOWED_WRITE_PATHS = ("/dev/null",)
 _PLAIN = (int, float, complex, str, bytes, bool, type(None))
@@ -202,6 +203,8 @@ def main():
   namespace = {"__name__": "solution", "__builtins__": builtins}
   try:
     run(code, namespace)
+  except MemoryError:
+    os._exit(MEMORY_EXIT_CODE)
   except BaseException:  # pylint: disable=broad-except
     traceback.print_exc(limit=-3)
     emit({"load": "error"})
@@ -216,6 +219,8 @@ def main():
       value = evaluate(probe, scope)
       _check_plain(value)
       record = {"ok": True, "value": text(value)}
+    except MemoryError:
+      os._exit(MEMORY_EXIT_CODE)
     except BaseException as e:  # pylint: disable=broad-except
       record = {"ok": False, "error": type(e).__name__}
     emit(record)
