@@ -123,3 +123,16 @@ def test_repeated_calls_keep_their_order():
   assert plan_tests(tests).probes == ("counter()", "counter()")
   assert judge_tests(tests, [(True, 1), (True, 2)]).passed
   assert not judge_tests(tests, [(True, 2), (True, 1)]).passed
+
+
+def test_solution_functions_passed_to_builtins():
+  tests = ("assert list(map(f, [1, 2])) == [2, 4]\nassert sorted([3, 1, 2], key=f) == [1, 2, 3]\n"
+           "assert list(filter(g, [1, 2, 3])) == [2]\nassert max([1, 5, 3], key=f) == 5\n")
+  plan = plan_tests(tests)
+  assert plan.probes == ("f(1)", "f(2)", "f(3)", "f(1)", "f(2)", "g(1)", "g(2)", "g(3)", "f(1)",
+                         "f(5)", "f(3)")
+  double = {"f(1)": 2, "f(2)": 4, "f(3)": 6, "f(5)": 10, "g(1)": False, "g(2)": True,
+            "g(3)": False}
+  assert judge_tests(tests, [(True, double[p]) for p in plan.probes]).passed
+  negated = [(True, -double[p]) if p.startswith("f") else (True, double[p]) for p in plan.probes]
+  assert not judge_tests(tests, negated).passed

@@ -78,6 +78,7 @@ def test_loops_floats_and_classes():
   assert result.passed and result.checks == 5
   humaneval = "def check(candidate):\n    assert candidate(4) == 2.0\n\ncheck(half)\n"
   assert run_python(code, humaneval).passed
+  assert run_python(code, "assert list(map(half, [2, 4])) == [1.0, 2.0]").passed
   assert not run_python("def half(x):\n    return x", humaneval).passed
 
 

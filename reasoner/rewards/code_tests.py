@@ -119,6 +119,7 @@ _BUILTINS: dict[str, Callable] = {
     **_TYPES, "abs": abs, "all": all, "any": any, "divmod": divmod, "enumerate": enumerate,
     "len": len, "max": max, "min": min, "range": _guarded_range, "reversed": reversed,
     "round": round, "sorted": sorted, "sum": sum, "zip": zip, "chr": chr, "ord": ord,
+    "map": map, "filter": filter,
     "repr": repr, "isinstance": isinstance, "hex": hex, "bin": bin, "oct": oct,
 }
 _MATH = {name: getattr(math, name) for name in (
@@ -184,6 +185,7 @@ class _Interpreter:
   def __init__(self, probe: Callable[[str], Any], planning: bool):
     self.probe, self.planning = probe, planning
     self.checks, self.steps, self.uses_math, self.depth = 0, 0, False, 0
+    self.proxy_pending = False  # a solution callable returned a pending value (planning)
 
   # ---- statements -------------------------------------------------------------------------
   def run(self, body: Sequence[ast.stmt], env: dict):
@@ -448,23 +450,47 @@ class _Interpreter:
       raise UnsupportedTests("*args in tests")
     if isinstance(fn, _TestFunction):
       return self.call_helper(fn.node, node, env)
-    args = [self.eval(a, env) for a in node.args]
+    args = [self.argument(a, env) for a in node.args]
     kwargs = {}
     for kw in node.keywords:
       if kw.arg is None:
         raise UnsupportedTests("**kwargs in tests")
-      kwargs[kw.arg] = self.eval(kw.value, env)
+      kwargs[kw.arg] = self.argument(kw.value, env)
     if fn is None or any(v is _PENDING for v in args + list(kwargs.values())):
       return _PENDING
     if not callable(fn):
       raise TypeError("not callable")
-    result = fn(*args, **kwargs)
-    if isinstance(result, (enumerate, reversed, zip, type(iter([])), type(iter(())))) or \
-        type(result).__name__.endswith("iterator"):
-      result = list(result)[:MAX_ITEMS]
+    outer, self.proxy_pending = self.proxy_pending, False
+    try:
+      result = fn(*args, **kwargs)
+      if isinstance(result, (enumerate, reversed, zip, map, filter, type(iter([])),
+                             type(iter(())))) or type(result).__name__.endswith("iterator"):
+        result = list(result)[:MAX_ITEMS]
+    except Exception:  # pylint: disable=broad-except
+      if self.planning and self.proxy_pending:
+        return _PENDING  # e.g. sorted() comparing keys the child has not computed yet
+      raise
+    finally:
+      pending, self.proxy_pending = self.proxy_pending, outer or self.proxy_pending
+    if pending:
+      return _PENDING
     if isinstance(result, (str, bytes, list, tuple)) and len(result) > MAX_ITEMS:
       raise ValueError("result too long")
     return result
+
+  def argument(self, node: ast.expr, env: dict):
+    """An argument of a call evaluated here: a solution function passed by name (`map(f, xs)`,
+    `sorted(xs, key=f)`) becomes a callable whose every call is a probe."""
+    if isinstance(node, (ast.Name, ast.Attribute)) and self.solution_rooted(node, env):
+      def call_solution(*args):
+        call = ast.Call(func=node, args=[_to_literal(a) for a in args], keywords=[])
+        value = self.make_probe(call, env)
+        if value is _PENDING:  # planning: a stand-in the builtin can compare, marked pending
+          self.proxy_pending = True
+          return 0
+        return value
+      return call_solution
+    return self.eval(node, env)
 
   def call_helper(self, fdef: ast.FunctionDef, call: ast.Call, env: dict):
     """Runs a test helper: a parameter given a solution name refers to it; others get values."""
