@@ -21,10 +21,11 @@ from reasoner.rewards import RewardConfig, compute_rewards, isolation
 from reasoner.rewards.sandbox import run_many, run_python
 
 pytestmark = pytest.mark.skipif(not isolation.bwrap_status()[0],
-                                reason="bubblewrap unavailable here: " + isolation.bwrap_status()[1])
+                                reason="bubblewrap unavailable: " + isolation.bwrap_status()[1])
 
 SECRET = 987654321  # an expected value the program must never see
-TESTS = f"assert mul(3, 4) == 12\nassert mul(9137, 1) == 9137\nassert mul(1, {SECRET}) == {SECRET}\n"
+TESTS = (f"assert mul(3, 4) == 12\nassert mul(9137, 1) == 9137\n"
+         f"assert mul(1, {SECRET}) == {SECRET}\n")
 HONEST = "def mul(a, b):\n    return a * b\n"
 # Run with the hook off: the OS sandbox alone must hold.
 OS_ONLY = dict(audit_hook=False)
@@ -130,7 +131,8 @@ def mul(a, b): return object()
     "keyboard_interrupt": "def mul(a, b):\n    raise KeyboardInterrupt",
     "nan": "def mul(a, b):\n    return float('nan')",
     "huge_result": "def mul(a, b):\n    return 'x' * (50 * 1024 * 1024)",
-    "deep_result": "def mul(a, b):\n    x = []\n    for _ in range(100000):\n        x = [x]\n    return x",
+    "deep_result": "def mul(a, b):\n    x = []\n    for _ in range(100000):\n"
+                   "        x = [x]\n    return x",
     "recursive_result": "def mul(a, b):\n    x = []\n    x.append(x)\n    return x",
     "big_int": "def mul(a, b):\n    return 10 ** 100000",
     "constant_guess": "def mul(a, b):\n    return 12",  # right on one input only
@@ -322,7 +324,8 @@ def _sandbox_processes():
     "import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 100'])\n",
     "import os\nos.kill(os.getppid(), 9)\n",
     "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
-    "import os, signal\nfor pid in range(1, 4000):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+    "import os, signal\nfor pid in range(1, 4000):\n    try:\n"
+    "        os.kill(pid, signal.SIGKILL)\n"
     "    except OSError:\n        pass\n",
     "import os\nos.setsid()\nos.execv('/bin/sh', ['sh', '-c', 'sleep 100'])\n",
 ])

@@ -1,8 +1,9 @@
 """Unit tests of the code reward, judged in the trusted parent.
 
-A test script is plain Python made of `assert` statements, assignments of test data, `for`
-loops and `if`s over test data, `import math`, and helpers such as HumanEval's
-`def check(candidate): assert candidate(1) == 2` called as `check(solve)`. The parent interprets it itself; only the
+A test script is plain Python made of `assert` statements, assignments of test data, `for` loops
+and `if`s over test data, `try` / `except` on the solution's exceptions, `import math`, and
+helpers such as HumanEval's `def check(candidate): ...` called as `check(solve)`; a solution
+function may be passed by name to `map`, `filter`, `sorted(key=)`, `min` / `max(key=)`. The parent interprets it itself; only the
 calls into the solution ("probes", e.g. `add(2, 3)` or `Solution().solve([1, 2])`) run in the
 sandboxed child, which sends back their values as plain Python literals. Everything around a
 probe (the comparison, `sorted(...)`, `abs(x - 1.5) < 1e-6`, the expected values) is evaluated

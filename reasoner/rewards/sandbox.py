@@ -259,29 +259,29 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 2
   start = time.monotonic()
   try:
     try:
+      passed_fds = (write_fd, info_write) if mode == "bwrap" else (write_fd,)
       proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=cwd, env=env,
-                              pass_fds=(write_fd, info_write) if mode == "bwrap" else
-                              (write_fd,), close_fds=True,
-                              start_new_session=True)
+                              stderr=subprocess.PIPE, cwd=cwd, env=env, pass_fds=passed_fds,
+                              close_fds=True, start_new_session=True)
     finally:
       os.close(write_fd)
       os.close(info_write)
     caps = {"stdout": max_output_bytes, "stderr": max_output_bytes, "results": max_result_bytes,
             "info": 4096}
-    sandbox_init_box: list = []
+    init_pidfd: list = []  # the sandbox's init, once bwrap has reported it
     try:
-      data, timed_out = _communicate(proc, {"results": results, "info": info},
-                                     json.dumps(request).encode("utf-8"), start + timeout_s, caps,
-                                     on_info=lambda raw: _watch_init(raw, sandbox_init_box, proc.pid))
+      data, timed_out = _communicate(
+          proc, {"results": results, "info": info}, json.dumps(request).encode("utf-8"),
+          start + timeout_s, caps, on_info=lambda raw: _watch_init(raw, init_pidfd, proc.pid))
       if not timed_out:
         try:
           proc.wait(timeout=max(start + timeout_s - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
           timed_out = True
     finally:
-      _kill_sandbox(sandbox_init_box)
+      _kill_sandbox(init_pidfd)
       _kill_group(proc.pid)  # also reaps anything left in its group
+      proc.kill()
       proc.wait()
       for stream in (proc.stdout, proc.stderr):
         stream.close()

@@ -40,8 +40,9 @@ def reusable(tok_dir: str, settings: dict, in_use: bool) -> bool:
   if in_use:
     changed = sorted(k for k in set(settings) | set(recorded or {})
                      if (recorded or {}).get(k) != settings.get(k))
-    raise ValueError(f"the tokenizer in {tok_dir} was trained for other settings ({', '.join(changed)}"
-                     f" differ) and this workdir's models use it; use a new --workdir")
+    raise ValueError(f"the tokenizer in {tok_dir} was trained for other settings "
+                     f"({', '.join(changed)} differ) and this workdir's models use it; "
+                     "use a new --workdir")
   shutil.rmtree(tok_dir)
   return False
 
