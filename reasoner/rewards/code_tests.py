@@ -3,12 +3,13 @@
 A test script is plain Python made of `assert` statements, assignments of test data, `for` loops
 and `if`s over test data, `try` / `except` on the solution's exceptions, `import math`, and
 helpers such as HumanEval's `def check(candidate): ...` called as `check(solve)`; a solution
-function may be passed by name to `map`, `filter`, `sorted(key=)`, `min` / `max(key=)`. The parent interprets it itself; only the
-calls into the solution ("probes", e.g. `add(2, 3)` or `Solution().solve([1, 2])`) run in the
-sandboxed child, which sends back their values as plain Python literals. Everything around a
-probe (the comparison, `sorted(...)`, `abs(x - 1.5) < 1e-6`, the expected values) is evaluated
-here, so the child never sees what its outputs are compared with and no object of its making
-takes part in a comparison: forging the outputs is the same as computing them.
+function may be passed by name to `map`, `filter`, `sorted(key=)`, `min` / `max(key=)`. The
+parent interprets it itself; only the calls into the solution ("probes", e.g. `add(2, 3)` or
+`Solution().solve([1, 2])`) run in the sandboxed child, which sends back their values as plain
+Python literals. Everything around a probe (the comparison, `sorted(...)`, `abs(x - 1.5) <
+1e-6`, the expected values) is evaluated here, so the child never sees what its outputs are
+compared with and no object of its making takes part in a comparison: forging the outputs is the
+same as computing them.
 
     plan = plan_tests(tests)                 # the probes, in order, with test data inlined
     values = ...                             # (ok, value-or-error-name) per probe, from the child
