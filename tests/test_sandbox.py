@@ -180,3 +180,16 @@ def test_python_tool_refuses_without_isolation(monkeypatch):
     warnings.simplefilter("ignore")
     tools = default_tools(python_allow_weak_sandbox=True)
     assert run_tool_call(ToolCall("python", "6 * 7"), tools) == ("42", None)
+
+
+@needs_bwrap
+def test_every_plain_type_travels_exactly():
+  code = ("def values():\n    return [float('inf'), -0.5, 1e300, 2 ** 100, True, None, 'é\\n',"
+          " b'\\x00\\xff', 1 + 2j, (1, (2,)), {1, 2}, frozenset({3}), {frozenset({1}): [2]},"
+          " {'a': {'b': (1.5,)}}]\ndef nan():\n    return float('nan')\n")
+  tests = ("import math\nassert values() == [math.inf, -0.5, 1e300, 2 ** 100, True, None, 'é\\n',"
+           " b'\\x00\\xff', complex(1, 2), (1, (2,)), {1, 2}, frozenset({3}),"
+           " {frozenset({1}): [2]}, {'a': {'b': (1.5,)}}]\nassert math.isnan(nan())\n"
+           "assert isinstance(values()[9], tuple) and isinstance(values()[11], frozenset)\n")
+  result = run_python(code, tests)
+  assert result.passed, result

@@ -28,7 +28,6 @@ audit hook only, in a throwaway directory; see isolation.sandbox_mode).
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 import dataclasses
 import json
@@ -192,6 +191,32 @@ def _communicate(proc: subprocess.Popen, extra: dict, payload: bytes, deadline: 
   return {k: bytes(v) for k, v in data.items()}, timed_out
 
 
+def _decode(obj, depth: int = 0):
+  """A plain value from the child's tagged JSON (see sandbox_boot._encode); ValueError or
+  TypeError for anything else."""
+  if depth > 100:
+    raise ValueError("nested too deeply")
+  if obj is None or type(obj) in (bool, int, str, float):
+    return obj
+  if type(obj) is not list or len(obj) < 2 or not isinstance(obj[0], str):
+    raise ValueError("not a tagged value")
+  tag, body = obj[0], obj[1]
+  if tag == "f" and isinstance(body, str):
+    return float(body)
+  if tag == "c" and len(obj) == 3:
+    return complex(float(obj[1]), float(obj[2]))
+  if tag == "b" and isinstance(body, str):
+    return bytes.fromhex(body)
+  if not isinstance(body, list):
+    raise ValueError("not a tagged value")
+  if tag == "d":
+    return {_decode(k, depth + 1): _decode(v, depth + 1) for k, v in body}
+  build = {"l": list, "t": tuple, "s": set, "F": frozenset}.get(tag)
+  if build is None:
+    raise ValueError(f"unknown tag {tag!r}")
+  return build(_decode(v, depth + 1) for v in body)
+
+
 def _parse_results(raw: bytes, n_probes: int) -> tuple[bool, list[tuple[bool, Any]]]:
   """(loaded, [(ok, value or error name)]) from the child's result lines; anything malformed
   ends the list (the missing probes then fail)."""
@@ -209,10 +234,7 @@ def _parse_results(raw: bytes, n_probes: int) -> tuple[bool, list[tuple[bool, An
       if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
         break
       if record["ok"]:
-        text = record["value"]
-        if not isinstance(text, str):
-          break
-        values.append((True, ast.literal_eval(text)))
+        values.append((True, _decode(record["value"])))
       else:
         values.append((False, str(record.get("error"))[:100]))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, KeyError):

@@ -7,7 +7,7 @@ inside the sandbox), installs the audit hook (a tripwire that names blocked oper
 the safety flag; the boundary itself is the OS sandbox), runs the code as module "solution",
 then evaluates each probe expression and writes one line per probe to RESULT_FD:
 
-    {"ok": true, "value": "<repr of a plain value>"}   or   {"ok": false, "error": "TypeName"}
+    {"ok": true, "value": <the value as tagged JSON>}   or   {"ok": false, "error": "TypeName"}
 
 after a first line {"load": "ok"} (or {"load": "error"} when the code failed to compile or
 raised). The parent judges the values; nothing written here decides the verdict, so this
@@ -27,7 +27,6 @@ VIOLATION_EXIT_CODE = 86
 MEMORY_EXIT_CODE = 87  # the memory limit was hit (reported as 'killed', like a signal)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _ALLOWED_WRITE_PATHS = ("/dev/null",)
-_PLAIN = (int, float, complex, str, bytes, bool, type(None))
 _MAX_DEPTH = 64
 
 # Events denied outright (prefix match): network, processes, signals to others, native code,
@@ -107,29 +106,26 @@ def _make_hook(root):
   return hook
 
 
-def _check_plain(value, depth=0, seen=None):
-  """Raises TypeError unless `value` is built from plain literal types only (no subclasses)."""
+def _encode(value, depth=0):
+  """`value` as JSON with type tags (exact builtin types only: no subclasses, no objects with
+  their own __eq__); raises TypeError otherwise. Floats travel as their repr (inf and nan too)."""
   if depth > _MAX_DEPTH:
-    raise TypeError("nested too deeply")
+    raise TypeError("nested too deeply (or recursive)")
   kind = type(value)
-  if kind in _PLAIN:
-    if kind is float and value != value:
-      return
-    return
-  if kind not in (list, tuple, set, frozenset, dict):
+  if value is None or kind in (bool, int, str):
+    return value
+  if kind is float:
+    return ["f", repr(value)]
+  if kind is complex:
+    return ["c", repr(value.real), repr(value.imag)]
+  if kind is bytes:
+    return ["b", value.hex()]
+  if kind is dict:
+    return ["d", [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]]
+  tag = {list: "l", tuple: "t", set: "s", frozenset: "F"}.get(kind)
+  if tag is None:
     raise TypeError(f"{kind.__name__} is not a plain value")
-  seen = seen if seen is not None else set()
-  if id(value) in seen:
-    raise TypeError("recursive value")
-  seen.add(id(value))
-  items = value.items() if kind is dict else value
-  for item in items:
-    if kind is dict:
-      _check_plain(item[0], depth + 1, seen)
-      _check_plain(item[1], depth + 1, seen)
-    else:
-      _check_plain(item, depth + 1, seen)
-  seen.discard(id(value))
+  return [tag, [_encode(v, depth + 1) for v in value]]
 
 
 def _cap_tmpfs(spec):
@@ -180,7 +176,7 @@ def main():
   _drop_privileges(request["limits"], request["uid"], request.get("tmpfs"))
   root = os.path.realpath(request["root"])
   os.chdir(root)
-  write, dumps, run, evaluate, text = os.write, json.dumps, exec, eval, repr
+  write, dumps, run, evaluate, encode = os.write, json.dumps, exec, eval, _encode
 
   def emit(record):
     write(result_fd, (dumps(record) + "\n").encode("utf-8"))
@@ -217,8 +213,7 @@ def main():
   for probe in probes:
     try:
       value = evaluate(probe, scope)
-      _check_plain(value)
-      record = {"ok": True, "value": text(value)}
+      record = {"ok": True, "value": encode(value)}
     except MemoryError:
       os._exit(MEMORY_EXIT_CODE)
     except BaseException as e:  # pylint: disable=broad-except
