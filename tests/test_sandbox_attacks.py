@@ -199,7 +199,7 @@ def read(path):
         return 'ERR ' + type(e).__name__
 for path in ('/etc/shadow', '/etc/passwd', '/root/.bash_history', {repo!r} + '/README.md',
              {__file__!r}, '/proc/1/environ', '/proc/self/environ', '/proc/1/root/etc/shadow',
-             '/sys/class/net/eth0/address'):
+             '/sys/class/net/eth0/address', '/usr/lib/os-release', '/bin/sh', '/usr/bin/env'):
     seen[path] = read(path)
 procs = [p for p in os.listdir('/proc') if p.isdigit()]
 for p in procs:
@@ -230,7 +230,7 @@ print(json.dumps(seen))
   assert "s3cr3t-token" not in text
   assert "root:" not in text  # no /etc/passwd or /etc/shadow
   for path in ("/etc/shadow", "/etc/passwd", "/root/.bash_history", repo + "/README.md", __file__,
-               "/proc/1/root/etc/shadow"):
+               "/proc/1/root/etc/shadow", "/usr/lib/os-release", "/bin/sh", "/usr/bin/env"):
     assert seen[path].startswith("ERR"), path
   assert len(seen["procs"]) <= 2  # its own pid namespace: the sandbox's init and itself
   assert set(seen["root"]) <= {"dev", "lib", "lib64", "proc", "root", "tmp", "usr"}

@@ -1,8 +1,8 @@
 """The OS boundary of the code sandbox: bubblewrap (`bwrap`, Debian package `bubblewrap`).
 
 Each run gets new pid, network, IPC and UTS namespaces and a filesystem view that holds only
-the interpreter, read-only (its prefix, with site-packages hidden, and the system libraries
-it links), a fresh /proc of its own pid namespace, a minimal /dev and a size-capped private
+the interpreter, read-only (its prefix, with site-packages hidden, and the shared libraries it
+and its extension modules load, found with ldd), a fresh /proc of its own pid namespace, a minimal /dev and a size-capped private
 tmpfs at /tmp, the only writable place. No /etc, no project files, no host processes, no
 network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID / CAP_SYS_ADMIN for the prelude,
 which caps the tmpfs's inodes and drops to a fresh unprivileged uid per run before it reads the
@@ -16,9 +16,13 @@ SandboxUnavailable.
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
+import re
 import secrets
 import shutil
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -56,6 +60,60 @@ def _hidden_paths(prefixes: list[str]) -> list[str]:
   return sorted(set(hidden))
 
 
+def _parent_dirs(path: str, made: set) -> list[str]:
+  """`--dir` for each folder above `path` not made yet, world-readable (bwrap would otherwise
+  copy the host's modes, and a 0700 folder hides what is under it from the dropped uid)."""
+  args = []
+  parts = path.strip("/").split("/")
+  for i in range(1, len(parts)):
+    parent = "/" + "/".join(parts[:i])
+    if parent not in made:
+      made.add(parent)
+      args += ["--perms", "0755", "--dir", parent]
+  return args
+
+
+def _path_args(path: str, made: set) -> list[str]:
+  """bwrap arguments that reproduce `path` inside the sandbox: each symlink on the way as a
+  symlink, then the real file or folder, read-only."""
+  parts = path.strip("/").split("/")
+  for i in range(1, len(parts) + 1):
+    here = "/" + "/".join(parts[:i])
+    if os.path.islink(here):
+      target = os.readlink(here)
+      args = [] if here in made else _parent_dirs(here, made) + ["--symlink", target, here]
+      made.add(here)
+      resolved = os.path.normpath(os.path.join(os.path.dirname(here), target, *parts[i:]))
+      return args + _path_args(resolved, made)
+  if path in made:
+    return []
+  args = _parent_dirs(path, made)
+  made.add(path)
+  return args + ["--ro-bind", path, path]
+
+
+@functools.lru_cache(maxsize=1)
+def _libraries() -> tuple[str, ...]:
+  """The shared libraries (as the loader names them) that the interpreter and its extension
+  modules load, from ldd; () when ldd is unavailable."""
+  ldd = shutil.which("ldd")
+  if ldd is None:
+    return ()
+  dynload = os.path.join(sysconfig.get_path("platstdlib"), "lib-dynload")
+  targets = [os.path.realpath(sys.executable)] + sorted(glob.glob(os.path.join(dynload, "*.so")))
+  try:
+    out = subprocess.run([ldd] + targets, capture_output=True, text=True, timeout=60,
+                         check=False).stdout
+  except (OSError, subprocess.SubprocessError):
+    return ()
+  found = set()
+  for line in out.splitlines():
+    match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+    if match and os.path.exists(match.group(1)):
+      found.add(match.group(1))
+  return tuple(sorted(found))
+
+
 def bwrap_command(tmpfs_bytes: int) -> list[str]:
   """The bwrap argument list up to (not including) the interpreter command."""
   root = os.geteuid() == 0
@@ -69,17 +127,17 @@ def bwrap_command(tmpfs_bytes: int) -> list[str]:
     cmd += ["--unshare-user"]
   prefixes = _interpreter_paths()
   made = set()
-  for path in prefixes + ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]:
-    if not os.path.exists(path):
-      continue
-    parts = path.strip("/").split("/")
-    for i in range(1, len(parts)):
-      parent = "/" + "/".join(parts[:i])
-      if parent not in made and parent not in prefixes:
-        made.add(parent)
-        cmd += ["--perms", "0755", "--dir", parent]
-    cmd += ["--ro-bind", path, path] if os.path.realpath(path) == path else \
-        ["--symlink", os.path.relpath(os.path.realpath(path), os.path.dirname(path)), path]
+  for path in prefixes:
+    cmd += _path_args(path, made)
+  libraries = [p for p in _libraries() if not any(
+      os.path.realpath(p).startswith(prefix + "/") for prefix in prefixes)]
+  if libraries:  # only the libraries the interpreter loads
+    for path in libraries:
+      cmd += _path_args(path, made)
+  else:  # no ldd: the system library folders
+    for path in ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]:
+      if os.path.exists(path):
+        cmd += _path_args(path, made)
   for path in _hidden_paths(prefixes):
     cmd += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
   cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(int(tmpfs_bytes)),
