@@ -193,3 +193,19 @@ def test_every_plain_type_travels_exactly():
            "assert isinstance(values()[9], tuple) and isinstance(values()[11], frozenset)\n")
   result = run_python(code, tests)
   assert result.passed, result
+
+
+@needs_bwrap
+def test_every_stdlib_extension_loads_inside():
+  # The sandbox binds only the libraries ldd names: each compiled stdlib module must import.
+  code = ("import os, sys, importlib\nfailed = []\n"
+          "dynload = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
+          "for name in sorted(os.listdir(dynload)):\n"
+          "    module = name.split('.')[0]\n"
+          "    if module.startswith('_test') or module in ('xxlimited', 'xxlimited_35'):\n"
+          "        continue\n"
+          "    try:\n        importlib.import_module(module)\n"
+          "    except ImportError as e:\n        failed.append((module, str(e)))\n"
+          "print(failed)\n")
+  result = run_python(code, "", timeout_s=30.0, memory_mb=1024, audit_hook=False)
+  assert result.status == "ok" and result.stdout.strip() == "[]", result
