@@ -1,13 +1,14 @@
 """The OS boundary of the code sandbox: bubblewrap (`bwrap`, Debian package `bubblewrap`).
 
-Each run gets new pid, network, IPC and UTS namespaces and a filesystem view that holds only
-the interpreter, read-only (its prefix, with site-packages hidden, and the shared libraries it
-and its extension modules load, found with ldd), a fresh /proc of its own pid namespace, a minimal /dev and a size-capped private
-tmpfs at /tmp, the only writable place. No /etc, no project files, no host processes, no
-network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID / CAP_SYS_ADMIN for the prelude,
-which caps the tmpfs's inodes and drops to a fresh unprivileged uid per run before it reads the
-program (so RLIMIT_NPROC applies and no capability remains); as another user, bwrap maps the
-caller's uid into a user namespace (the tmpfs then has a size cap only).
+Each run gets new pid, network, IPC and UTS namespaces and a filesystem view that holds only the
+interpreter, read-only (its prefix, with site-packages hidden, and the shared libraries it and
+its extension modules load, found with ldd), a fresh /proc of its own pid namespace, a minimal
+/dev and a size-capped private tmpfs at /tmp, the only writable place. No /etc, no project
+files, no host processes, no network. As root, bwrap keeps only CAP_SETUID / CAP_SETGID /
+CAP_SYS_ADMIN for the prelude, which caps the tmpfs's inodes and drops to a fresh unprivileged
+uid per run before it reads the program (so RLIMIT_NPROC applies and no capability remains); as
+another user, bwrap maps the caller's uid into a user namespace (the tmpfs then has a size cap
+only).
 
 `sandbox_mode(allow_weak)` is 'bwrap' when a probe run works (cached), else 'weak' (rlimits,
 session and audit hook only) if the caller accepts it, with a warning, else it raises
