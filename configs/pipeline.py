@@ -101,6 +101,8 @@ def tiny() -> ConfigDict:
   c.grpo.loss = _fields(GRPOConfig, epsilon_high=0.28, beta=0.0, loss_agg="token_mean",
                         constant_norm=64.0, entropy_coef=-0.5)
   # The reward (reasoner.rewards.composite.RewardConfig): accuracy + 0.2 x format, no token cost.
+  # Code problems (meta "tests") run under bubblewrap, code_workers at a time (0 = all CPUs);
+  # without bwrap the code reward refuses to run unless allow_weak_sandbox=True.
   c.grpo.reward = _fields(RewardConfig, w_proc=0.2, l_cost=0.0)
   # The tiny model's GRPO (BUILD_NOTES "GRPO with SFT replay and an entropy term"): lr 2e-4 with
   # the replay term below and entropy minimisation; without the replay, rates above 5e-5 lose

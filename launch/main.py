@@ -11,10 +11,10 @@ Rerunning the same command after a crash or a kill resumes where it stopped. On 
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (path:preset).",
                                           lock_config=True)
@@ -40,15 +40,15 @@ def init_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.check_inputs(_CONFIG, _WORKDIR.value)
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress
   init_distributed()
   from reasoner.pipeline.run import run_pipeline
   try:
     run_pipeline(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

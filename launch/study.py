@@ -14,10 +14,11 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (path:preset).",
                                           lock_config=True)
@@ -65,15 +66,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SEEDS.value < 2:
-    print("error: --seeds must be at least 2 for a confidence interval", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--seeds must be at least 2 for a confidence interval")
+  cli.check_inputs(_CONFIG, _WORKDIR.value)
   seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
   try:
     run_study(_CONFIG.value, _WORKDIR.value, seeds, max(1, _PARALLEL.value))
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

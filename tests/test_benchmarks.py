@@ -85,3 +85,17 @@ def test_train_step_benchmark_quick_run_prints_every_row():
   # Medians of the 2 timed steps are means, so the parts add up.
   assert grpo["ref logprobs"] + grpo["update"] == pytest.approx(grpo["learn"], abs=2e-3)
   assert any(l.startswith("quoted (issue, not measured here)") for l in lines)
+
+
+def test_code_reward_benchmark_quick_run_scores_the_mix():
+  from reasoner.rewards import isolation
+  if not isolation.bwrap_status()[0]:
+    pytest.skip("bubblewrap unavailable here: " + isolation.bwrap_status()[1])
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.code_reward", "--quick"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300,
+                        env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode == 0, proc.stderr  # it exits non-zero if a program is scored wrongly
+  lines = proc.stdout.splitlines()
+  assert "16 programs (8 correct, 4 wrong, 2 crash, 2 loop)" in lines[0]
+  workers, seconds, rate, _ = lines[2].split()
+  assert int(workers) >= 1 and float(rate) == pytest.approx(16 / float(seconds), rel=0.02)

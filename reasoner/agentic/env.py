@@ -55,6 +55,7 @@ class ToolEnvConfig:
   max_output_chars: int = MAX_OUTPUT_CHARS
   python_timeout_s: float = 2.0
   python_memory_mb: int = 256
+  python_allow_weak_sandbox: bool = False  # run the python tool without bwrap (warns)
 
   def __post_init__(self):
     if self.max_turns < 1:
@@ -73,7 +74,8 @@ class ToolEnv:
                count_tokens: Optional[Callable[[str], int]] = None):
     self.config = ToolEnvConfig.from_dict(config)
     self.tools = dict(tools) if tools is not None else default_tools(
-        self.config.python_timeout_s, self.config.python_memory_mb)
+        self.config.python_timeout_s, self.config.python_memory_mb,
+        self.config.python_allow_weak_sandbox)
     self.reward_config = reward_config
     self.task_checker = task_checker
     self.count_tokens = count_tokens

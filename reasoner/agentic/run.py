@@ -21,18 +21,23 @@ from reasoner.checkpoint import load_model, save_model
 from reasoner.model.config import ModelConfig
 from reasoner.io import MetricsWriter, write_json
 from reasoner.stages.context import stable_seed
-from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentencepiece
+from reasoner.tokenizer import load_tokenizer, padded_vocab_size, train_sentencepiece, trained_for
 
 ALGOS = ("grpo", "ppo")
 
 
 def build_tokenizer(config, workdir: str):
   path = os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(path, "tokenizer.model")):
+  settings = {"vocab_size": config.tokenizer.vocab_size, "n_problems": config.tokenizer.n_problems,
+              "template": config.env.template, "task": config.task.to_dict(), "seed": config.seed}
+  stages = os.path.join(workdir, "stages")
+  if trained_for.reusable(path, settings, os.path.isdir(stages) and any(os.listdir(stages))):
     return load_tokenizer(path)
   problems = train_problems(make_task(config), config, config.tokenizer.n_problems, "tokenizer")
-  return train_sentencepiece(tokenizer_corpus(problems, config.env.template), path,
-                             vocab_size=config.tokenizer.vocab_size)
+  tokenizer = train_sentencepiece(tokenizer_corpus(problems, config.env.template), path,
+                                  vocab_size=config.tokenizer.vocab_size)
+  trained_for.record(path, settings)
+  return tokenizer
 
 
 def build_model_config(config, tokenizer) -> ModelConfig:

@@ -27,6 +27,7 @@ import textwrap
 from typing import Callable, Mapping, Optional
 
 from reasoner.agentic.calculator import CalculatorError, calculate, format_number
+from reasoner.rewards.isolation import SandboxUnavailable
 from reasoner.rewards.sandbox import run_python
 
 TOOL_OPEN, TOOL_CLOSE = "<tool>", "</tool>"
@@ -134,11 +135,12 @@ def _program(code: str) -> str:
   return ast.unparse(tree)
 
 
-def python_tool(code: str, timeout_s: float = 2.0, memory_mb: int = 256) -> str:
+def python_tool(code: str, timeout_s: float = 2.0, memory_mb: int = 256,
+                allow_weak_sandbox: bool = False) -> str:
   """Runs `code` in the sandbox; returns its stdout (stripped) or raises ToolError with the
   last line of the traceback / the sandbox's reason."""
   result = run_python(_program(code), "", timeout_s=timeout_s, memory_mb=memory_mb,
-                      max_output_bytes=4096)
+                      max_output_bytes=4096, allow_weak_sandbox=allow_weak_sandbox)
   if result.passed:
     out = result.stdout.strip()
     return out if out else "(no output)"
@@ -151,22 +153,26 @@ def python_tool(code: str, timeout_s: float = 2.0, memory_mb: int = 256) -> str:
   raise ToolError(lines[-1].strip() if lines else f"failed ({result.status})")
 
 
-def default_tools(python_timeout_s: float = 2.0, python_memory_mb: int = 256) -> dict[str, Tool]:
+def default_tools(python_timeout_s: float = 2.0, python_memory_mb: int = 256,
+                  python_allow_weak_sandbox: bool = False) -> dict[str, Tool]:
   """{'calc': calculator_tool, 'python': python_tool with these limits}."""
   return {"calc": calculator_tool,
           "python": functools.partial(python_tool, timeout_s=python_timeout_s,
-                                      memory_mb=python_memory_mb)}
+                                      memory_mb=python_memory_mb,
+                                      allow_weak_sandbox=python_allow_weak_sandbox)}
 
 
 def run_tool_call(call: ToolCall, tools: Mapping[str, Tool]) -> tuple[str, Optional[str]]:
-  """(output text, error or None) for a parsed call; never raises. The output of a failed
-  call is 'error: MESSAGE'."""
+  """(output text, error or None) for a parsed call. The output of a failed
+  call is 'error: MESSAGE'. Only a host without the sandbox (SandboxUnavailable) raises."""
   error = call.error
   if error is None and call.name not in tools:
     error = f"unknown tool {call.name!r}; available: {', '.join(sorted(tools)) or 'none'}"
   if error is None:
     try:
       return str(tools[call.name](call.argument)), None
+    except SandboxUnavailable:
+      raise  # a configuration error of the host, not of the call
     except ValueError as e:  # ToolError and CalculatorError are ValueErrors
       error = str(e) or type(e).__name__
     except Exception as e:  # pylint: disable=broad-except

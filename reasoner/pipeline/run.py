@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import jax
+from etils import epath
 from ml_collections import ConfigDict
 
 from reasoner import sharding
@@ -32,7 +33,7 @@ from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_mode
                              training_model_config)
 from reasoner.stages.dpo import held_out_pairs, preference_metrics
 from reasoner.stages.pretrain import corpus_document
-from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiece
+from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiece, trained_for
 from reasoner.data.tasks import mixture
 
 
@@ -44,7 +45,17 @@ def build_tokenizer(config: ConfigDict, workdir: str):
   if kind == "from_init":
     init_tok = join(config.init, "tokenizer")
     return load_tokenizer(init_tok if exists(init_tok) else config.init)
-  if not exists(join(tok_dir, "tokenizer.model")) and is_writer():
+  # The settings the tokenizer is trained for: a rerun with others retrains it (or, once models
+  # of this workdir use it, refuses).
+  settings = {"vocab_size": config.tokenizer.vocab_size, "template": config.tokenizer.template,
+              "tasks": config.data.tasks, "difficulty": config.data.difficulty,
+              "seed": config.seed}
+  stages = join(workdir, "stages")
+  in_use = exists(stages) and any(True for _ in epath.Path(stages).iterdir())
+  reuse = trained_for.reusable(tok_dir, settings, in_use)  # every process decides (or raises)
+  barrier("tokenizer checked")
+  if not reuse and is_writer():
+    trained_for.discard(tok_dir)
     tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
     probs = mixture(tasks, "train", 4000, stable_seed(config.seed, "tokenizer"),
                     config.data.difficulty)
@@ -53,6 +64,7 @@ def build_tokenizer(config: ConfigDict, workdir: str):
     log(f"[tokenizer] training SentencePiece (vocab {config.tokenizer.vocab_size}) on "
         f"{len(texts)} texts")
     train_sentencepiece(texts, tok_dir, vocab_size=config.tokenizer.vocab_size)
+    trained_for.record(tok_dir, settings)
   barrier("tokenizer")  # the other processes load what process 0 trained
   return load_tokenizer(tok_dir)
 

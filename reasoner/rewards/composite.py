@@ -3,7 +3,8 @@
     reward = w_out * r_out + w_proc * r_proc - l_cost * C - l_safe * S
 
     r_out  = accuracy in {0, 1}: `task_checker(problem, completion)` if given; else the unit
-             tests in a sandbox when problem.meta has "tests" (code problems); else the
+             tests when problem.meta has "tests" (code problems: the programs run in the OS
+             sandbox in parallel, the tests are judged here; see `sandbox`); else the
              registered task's `check` when problem.task names one; else the math verifier
              against problem.answer.
     r_proc = w_format * format_reward(completion, prefix=format_prefix)
@@ -27,7 +28,7 @@ from reasoner.data.problem import Problem
 from reasoner.data.tasks import TASKS
 from reasoner.rewards.format import format_reward, language_consistency_reward, length_penalty
 from reasoner.rewards.safety import reward_hack_flags
-from reasoner.rewards.sandbox import extract_code, run_python
+from reasoner.rewards.sandbox import SandboxResult, extract_code, require_checks, run_many
 from reasoner.verify.answers import math_accuracy
 
 TaskChecker = Callable[[Problem, str], Union[bool, float]]
@@ -52,6 +53,8 @@ class RewardConfig:
   format_prefix: str = ""  # what the prompt template already opened, e.g. "<think>"
   code_timeout_s: float = 5.0
   code_memory_mb: int = 256
+  code_workers: int = 0  # code programs run at once; 0 = the CPUs this process may use
+  allow_weak_sandbox: bool = False  # run code without OS isolation when bwrap is unavailable
   math_timeout_s: float = 1.0
 
   @classmethod
@@ -73,17 +76,15 @@ class RewardConfig:
 
 
 def _outcome_and_flags(problem: Problem, completion: str, config: RewardConfig,
-                       task_checker: Optional[TaskChecker]) -> tuple[float, list[str]]:
+                       task_checker: Optional[TaskChecker],
+                       sandbox_result: Optional[SandboxResult] = None) -> tuple[float, list[str]]:
   tests = (problem.meta or {}).get("tests")
   if task_checker is not None:
     return float(task_checker(problem, completion)), reward_hack_flags(completion,
                                                                        code=tests is not None)
   if tests is not None:
-    code = extract_code(completion)
-    result = run_python(code, tests, timeout_s=config.code_timeout_s,
-                        memory_mb=config.code_memory_mb) if code.strip() else None
-    accuracy = 1.0 if result is not None and result.passed else 0.0
-    return accuracy, reward_hack_flags(completion, code=True, sandbox_result=result)
+    accuracy = 1.0 if sandbox_result is not None and sandbox_result.passed else 0.0
+    return accuracy, reward_hack_flags(completion, code=True, sandbox_result=sandbox_result)
   if problem.task in TASKS:
     accuracy = float(TASKS[problem.task].check(problem, completion))
   else:
@@ -91,11 +92,31 @@ def _outcome_and_flags(problem: Problem, completion: str, config: RewardConfig,
   return accuracy, reward_hack_flags(completion)
 
 
+def _run_code(problems, completions, config: RewardConfig) -> dict[int, SandboxResult]:
+  """Sandbox results of the code problems (those with meta "tests"), run in parallel."""
+  jobs, index = [], []
+  for i, (problem, completion) in enumerate(zip(problems, completions)):
+    tests = (problem.meta or {}).get("tests")
+    if tests is None:
+      continue
+    require_checks(tests)
+    code = extract_code(completion)
+    if code.strip():
+      jobs.append((code, tests))
+      index.append(i)
+  results = run_many(jobs, workers=config.code_workers, timeout_s=config.code_timeout_s,
+                     memory_mb=config.code_memory_mb,
+                     allow_weak_sandbox=config.allow_weak_sandbox)
+  return dict(zip(index, results))
+
+
 def is_correct(problem: Problem, completion: str, config: Any = None) -> bool:
   """Whether `completion` solves `problem`: the one answer check (r_out > 0 above) that the
-  rewards, rejection sampling, the DPO pairs, the evaluation and test-time compute all use."""
+  rewards, rejection sampling, the DPO pairs, the evaluation and test-time compute all use (a
+  code problem's tests run in the sandbox, judged in this process)."""
   config = RewardConfig.from_config(config)
-  return _outcome_and_flags(problem, completion, config, None)[0] > 0
+  result = _run_code([problem], [completion], config).get(0)
+  return _outcome_and_flags(problem, completion, config, None, result)[0] > 0
 
 
 def compute_rewards(problems: Sequence[Problem], completions: Sequence[str],
@@ -110,8 +131,10 @@ def compute_rewards(problems: Sequence[Problem], completions: Sequence[str],
                      f"{len(num_tokens)} token counts")
   n = len(problems)
   r_out, safety, fmt, lang = (np.zeros(n, np.float32) for _ in range(4))
+  code_results = {} if task_checker is not None else _run_code(problems, completions, config)
   for i, (problem, completion) in enumerate(zip(problems, completions)):
-    r_out[i], flags = _outcome_and_flags(problem, completion, config, task_checker)
+    r_out[i], flags = _outcome_and_flags(problem, completion, config, task_checker,
+                                         code_results.get(i))
     safety[i] = 1.0 if flags else 0.0
     fmt[i] = format_reward(completion, prefix=config.format_prefix)
     lang[i] = language_consistency_reward(problem.prompt, completion)

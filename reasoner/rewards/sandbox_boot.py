@@ -1,13 +1,17 @@
 """Child-side prelude of the Python sandbox (see `reasoner.rewards.sandbox`).
 
-Run as `python -I -S -B sandbox_boot.py ROOT RESULT_FD` with a JSON request on stdin:
-{"nonce": ..., "code": ..., "tests": ...}. It compiles both sources, installs an audit hook
-that hard-exits the process on any forbidden operation, runs the code (as module "solution",
-so `if __name__ == "__main__":` blocks are skipped) and then the tests, which see the
-solution's names except those shadowing builtins, and a snapshot of the builtins taken
-before the code ran. It reports "<nonce> <status>" on RESULT_FD. The nonce is only known to the
-parent and this prelude, so user code that exits early (sys.exit(0), os._exit(0)) cannot
-fake a pass.
+Run as `python -I -S -B -c <this source>` (inside bubblewrap, or bare in the weak mode) with a
+JSON request on stdin: {"code", "probes", "limits", "uid", "root", "hook", "math",
+"result_fd"}. In order: it lowers the resource limits, drops to `uid` (when it starts as root
+inside the sandbox), installs the audit hook (a tripwire that names blocked operations for
+the safety flag; the boundary itself is the OS sandbox), runs the code as module "solution",
+then evaluates each probe expression and writes one line per probe to RESULT_FD:
+
+    {"ok": true, "value": <the value as tagged JSON>}   or   {"ok": false, "error": "TypeName"}
+
+after a first line {"load": "ok"} (or {"load": "error"} when the code failed to compile or
+raised). The parent judges the values; nothing written here decides the verdict, so this
+process (which the code controls) cannot forge a pass.
 
 Uses the standard library only and must not import anything from `reasoner`.
 """
@@ -15,15 +19,18 @@ Uses the standard library only and must not import anything from `reasoner`.
 import builtins
 import json
 import os
+import resource
 import sys
 import traceback
 
 VIOLATION_EXIT_CODE = 86
+MEMORY_EXIT_CODE = 87  # the memory limit was hit (reported as 'killed', like a signal)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _ALLOWED_WRITE_PATHS = ("/dev/null",)
+_MAX_DEPTH = 64
 
 # Events denied outright (prefix match): network, processes, signals to others, native code,
-# interpreter introspection that could reach this prelude's state, and resource limits.
+# interpreter introspection, and resource limits.
 _DENIED_PREFIXES = (
     "socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty",
     "os.system", "os.startfile", "os.kill", "os.killpg", "os.setpriority", "signal.pthread_kill",
@@ -31,7 +38,6 @@ _DENIED_PREFIXES = (
     "gc.get_referrers", "gc.get_referents", "urllib.", "http.", "ftplib.", "smtplib.", "poplib.",
     "imaplib.", "nntplib.", "telnetlib.", "webbrowser.", "winreg.", "msvcrt.", "sys.remote_exec",
 )
-# Modules whose mere import gives a way around the hook (native calls, unaudited spawning).
 _DENIED_MODULES = ("ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters")
 # Filesystem events: (indices of path arguments that must stay inside ROOT, indices of dir_fd
 # arguments that must be unset).
@@ -49,14 +55,14 @@ _PATH_EVENTS = {
 
 
 def _make_hook(root):
-  """The audit hook; it keeps no reference reachable from user code."""
+  """The audit hook (a tripwire: it names what was tried; the OS sandbox is the boundary)."""
   realpath, fspath, isabs = os.path.realpath, os.fspath, os.path.isabs
   write, hard_exit = os.write, os._exit
   prefix = root.rstrip("/") + "/"
 
   def inside(path, require_absolute=False):
     if path is None or isinstance(path, int):
-      return True  # an already-open descriptor (its opening was checked)
+      return True
     try:
       path = fspath(path)
       if isinstance(path, bytes):
@@ -80,7 +86,6 @@ def _make_hook(root):
     if event == "open":
       path, mode, flags = (tuple(args) + (None, None, None))[:3]
       writing = bool(mode and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
-      # os.open reports no mode and may be relative to an unseen dir_fd: demand absolute paths.
       if writing and not inside(path, require_absolute=mode is None):
         deny(event, repr(path))
     elif event == "import":
@@ -101,65 +106,126 @@ def _make_hook(root):
   return hook
 
 
-def _run(root, result_fd):
+def _encode(value, depth=0):
+  """`value` as JSON with type tags (exact builtin types only: no subclasses, no objects with
+  their own __eq__); raises TypeError otherwise. Floats travel as their repr (inf and nan too)."""
+  if depth > _MAX_DEPTH:
+    raise TypeError("nested too deeply (or recursive)")
+  kind = type(value)
+  if value is None or kind in (bool, int, str):
+    return value
+  if kind is float:
+    return ["f", repr(value)]
+  if kind is complex:
+    return ["c", repr(value.real), repr(value.imag)]
+  if kind is bytes:
+    return ["b", value.hex()]
+  if kind is dict:
+    return ["d", [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]]
+  tag = {list: "l", tuple: "t", set: "s", frozenset: "F"}.get(kind)
+  if tag is None:
+    raise TypeError(f"{kind.__name__} is not a plain value")
+  return [tag, [_encode(v, depth + 1) for v in value]]
+
+
+def _cap_tmpfs(spec):
+  """Remounts the sandbox's tmpfs with a cap on its inodes as well as its size (bwrap sets only
+  the size). Needs CAP_SYS_ADMIN, which the sandbox holds until the uid is dropped."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  libc = ctypes.CDLL(None, use_errno=True)
+  ms_nosuid, ms_nodev, ms_remount = 2, 4, 32
+  options = f"size={int(spec['size'])},nr_inodes={int(spec['inodes'])},mode=1777".encode()
+  if libc.mount(b"tmpfs", spec["path"].encode(), b"tmpfs", ms_remount | ms_nosuid | ms_nodev,
+                options) != 0:
+    raise SystemExit(f"sandbox: could not cap the tmpfs (errno {ctypes.get_errno()})")
+  for name in list(sys.modules):  # a later `import ctypes` loads it again (and trips the hook)
+    if name in ("ctypes", "_ctypes") or name.startswith("ctypes."):
+      del sys.modules[name]
+
+
+def _drop_privileges(limits, uid, tmpfs=None):
+  if tmpfs is not None and os.getuid() == 0:
+    _cap_tmpfs(tmpfs)
+  for name, value in limits:
+    res = getattr(resource, name)
+    _, hard = resource.getrlimit(res)
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(res, (value, value))
+  if uid is not None and os.getuid() == 0:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+  if uid is not None:
+    if os.getuid() != uid or os.geteuid() != uid:
+      raise SystemExit("sandbox: could not drop privileges")
+    try:
+      os.setuid(0)
+    except PermissionError:
+      pass
+    else:
+      raise SystemExit("sandbox: privileges were not dropped")
+
+
+def main():
   request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
   sys.stdin.close()
   sys.stdin = open(os.devnull, "r")  # pylint: disable=consider-using-with
-  nonce = request["nonce"]
-  write, hard_exit, run = os.write, os._exit, exec  # captured before user code can patch them
+  result_fd = request["result_fd"]
+  os.closerange(3, result_fd)  # nothing but stdio and the result channel stays open
+  os.closerange(result_fd + 1, 1 << 16)
+  _drop_privileges(request["limits"], request["uid"], request.get("tmpfs"))
+  root = os.path.realpath(request["root"])
+  os.chdir(root)
+  write, dumps, run, evaluate, encode = os.write, json.dumps, exec, eval, _encode
 
-  def report(status):
-    # Only the first line counts (user-patched flush() below could append more).
-    write(result_fd, f"{nonce} {status}\n".encode())
-    for stream in (sys.stdout, sys.stderr):
-      try:
-        stream.flush()
-      except BaseException:  # pylint: disable=broad-except
-        pass
-    hard_exit(0)
-
-  def print_error(limit):
-    """Prints the current exception without this prelude's own frame."""
-    try:
-      kind, error, tb = sys.exc_info()
-      traceback.print_exception(kind, error, tb.tb_next if tb is not None else None, limit=limit)
-    except BaseException:  # pylint: disable=broad-except
-      pass
+  def emit(record):
+    write(result_fd, (dumps(record) + "\n").encode("utf-8"))
 
   try:
     code = compile(request["code"], "solution.py", "exec")
-    tests = compile(request["tests"], "tests.py", "exec")
-  except (SyntaxError, ValueError):
-    print_error(0)
-    report("error")
-  # Close gaps the hook cannot see (these calls raise no audit event).
+    probes = [compile(p, "tests.py", "eval") for p in request["probes"]]
+  except (SyntaxError, ValueError, RecursionError, MemoryError):
+    traceback.print_exc(limit=0)
+    emit({"load": "error"})
+    return
   for module in (os, sys.modules.get("posix")):
     for name in ("mkfifo", "mknod"):
       if module is not None and hasattr(module, name):
         delattr(module, name)
   pristine_builtins = dict(vars(builtins))
-  sys.addaudithook(_make_hook(root))
+  math_module = __import__("math") if request["math"] else None
+  if request["hook"]:
+    sys.addaudithook(_make_hook(root))
   namespace = {"__name__": "solution", "__builtins__": builtins}
   try:
     run(code, namespace)
   except MemoryError:
-    report("killed")
+    os._exit(MEMORY_EXIT_CODE)
   except BaseException:  # pylint: disable=broad-except
-    print_error(3)
-    report("error")
-  # The tests see the solution's names but the original builtins: redefining `sorted` or
-  # patching the builtins module cannot change what the assertions compute.
-  test_namespace = {k: v for k, v in namespace.items() if k not in pristine_builtins}
-  test_namespace.update(__name__="tests", __builtins__=pristine_builtins)
-  try:
-    run(tests, test_namespace)
-  except MemoryError:
-    report("killed")
-  except BaseException:  # pylint: disable=broad-except
-    print_error(3)
-    report("failed")
-  report("ok")
+    traceback.print_exc(limit=-3)
+    emit({"load": "error"})
+    return
+  emit({"load": "ok"})
+  scope = {k: v for k, v in namespace.items() if k not in pristine_builtins}
+  scope["__builtins__"] = pristine_builtins
+  if math_module is not None:
+    scope.setdefault("math", math_module)
+  for probe in probes:
+    try:
+      value = evaluate(probe, scope)
+      record = {"ok": True, "value": encode(value)}
+    except MemoryError:
+      os._exit(MEMORY_EXIT_CODE)
+    except BaseException as e:  # pylint: disable=broad-except
+      record = {"ok": False, "error": type(e).__name__}
+    emit(record)
 
 
 if __name__ == "__main__":
-  _run(os.path.realpath(sys.argv[1]), int(sys.argv[2]))
+  main()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except BaseException:  # pylint: disable=broad-except
+      pass
+  os._exit(0)
