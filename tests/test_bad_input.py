@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from configs.pipeline import get_config
+from configs.pipeline import PIPELINE_PRESETS, get_config
 from reasoner.pipeline.run import Pipeline, build_tokenizer
 from reasoner.tokenizer import trained_for
 
@@ -25,8 +25,8 @@ def test_unknown_preset_is_one_line(tmp_path):
   proc = _launch("--config=configs/pipeline.py:no_such_preset", f"--workdir={tmp_path / 'w'}")
   assert proc.returncode == 1
   assert proc.stderr.splitlines() == [
-      "error: unknown pipeline preset 'no_such_preset'; available: tiny, qwen2_5_0_5b_gsm8k, "
-      "qwen2_5_7b_gsm8k, llama3_1_8b_gsm8k"]
+      "error: unknown pipeline preset 'no_such_preset'; available: "
+      + ", ".join(PIPELINE_PRESETS)]
   assert not (tmp_path / "w").exists()
 
 
