@@ -62,6 +62,7 @@ class EngineStats:
   admit_calls: int = 0
   pool_pages: int = 0
   peak_pages: int = 0  # most pages in use at once (page 0 excluded)
+  end_pages: int = 0  # pages still in use after the run (0: every page was freed)
   page_bytes: int = 0  # bytes of one page over all layers (keys + values)
 
   @property
@@ -245,6 +246,7 @@ class Engine:
           reserved -= slot_reserve[s]
           slot_reserve[s] = slot_owned[s] = 0
           slot_row[s] = -1
+    stats.end_pages = self.num_pages - 1 - len(free_pages)
     result = SampleOutput(tokens=out["tokens"], logprobs=out["logprobs"],
                           sample_logprobs=out["sample_logprobs"], lengths=lengths, done=done,
                           injected=out["injected"],
