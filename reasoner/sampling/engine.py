@@ -48,7 +48,7 @@ class EngineConfig:
   steps_per_sync: decode steps per compiled call (host round trip)."""
 
   slots: int = 64
-  page_size: int = 16
+  page_size: int = 32
   num_pages: int = 0
   steps_per_sync: int = 16
 
@@ -86,7 +86,7 @@ def _programs(cfg_json: str, sampling: SamplingConfig, pad_id: int, eos_id: int,
               impl: str, mesh):
   cfg = ModelConfig.from_dict(json.loads(cfg_json))
   admit = jax.jit(functools.partial(paged.admit, cfg=cfg, n=sampling.n, pad_id=pad_id,
-                                    no_wait=len(sampling.wait_token_ids), mesh=mesh),
+                                    no_wait=len(sampling.wait_token_ids), impl=impl, mesh=mesh),
                   donate_argnums=(1, 2, 3))
   chunk = jax.jit(functools.partial(paged.decode_chunk, cfg=cfg, sampling=sampling, pad_id=pad_id,
                                     eos_id=eos_id, steps=steps, impl=impl),
@@ -121,12 +121,14 @@ class Engine:
   # -- placement --------------------------------------------------------------------------------
 
   def _place_pages(self, pages):
+    """Pages split over kv heads (`tensor`), whole on the batch axes (a slot may read any page)."""
     if self.mesh is None:
       return pages
     from jax.sharding import NamedSharding
     from reasoner import sharding
-    spec = sharding.logical_to_spec(("kv_heads", None, None, "head_dim"), self.mesh,
-                                    shape=pages[0].shape)
+    names = (("kv_heads", None, None, None) if self.impl == "pallas"
+             else (None, "kv_heads", None, None))
+    spec = sharding.logical_to_spec(names, self.mesh, shape=pages[0].shape)
     return tuple(jax.device_put(p, NamedSharding(self.mesh, spec)) for p in pages)
 
   def _place_rows(self, x):
@@ -137,8 +139,11 @@ class Engine:
 
   # -- the loop ---------------------------------------------------------------------------------
 
-  def run(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array) -> tuple[SampleOutput,
-                                                                                    EngineStats]:
+  def run(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
+          limits: Optional[Sequence[int]] = None) -> tuple[SampleOutput, EngineStats]:
+    """Samples n completions per prompt. limits: optional per-row budgets of new tokens
+    ([len(prompts) * n], each <= max_new_tokens; a row that reaches its budget ends like one that
+    reaches max_new_tokens). Returns (outputs, stats)."""
     cfg, sc, ps = self.cfg, self.sampling, self.ecfg.page_size
     n, m, S = sc.n, sc.max_new_tokens, self.slots
     prompts = _check_prompts(prompts, cfg, sc)
@@ -147,13 +152,18 @@ class Engine:
     rng = jnp.asarray(rng, jnp.uint32)
     row_keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(rng, i))(
         jnp.arange(len(prompts) * n)))
+    rows_total = len(prompts) * n
+    limits = (np.full((rows_total,), m, np.int32) if limits is None
+              else np.asarray(limits, np.int32).reshape(rows_total))
+    if (limits < 1).any() or (limits > m).any():
+      raise ValueError(f"limits must lie in [1, max_new_tokens = {m}]")
     worst = max(self._group_pages(len(p)) for p in prompts)
     if worst > self.num_pages - 1:
       raise ValueError(f"a group needs {worst} pages; the pool has {self.num_pages - 1}")
 
     stats = EngineStats(pool_pages=self.num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg))
     dparams = self.prep_fn(params)
-    k_pages, v_pages = paged.init_pages(cfg, self.num_pages, ps)
+    k_pages, v_pages = paged.init_pages(cfg, self.num_pages, ps, self.impl)
     k_pages, v_pages = self._place_pages(k_pages), self._place_pages(v_pages)
     slots = jax.tree.map(self._place_rows, paged.init_slots(S, cfg, sc, self.pad_id))
 
@@ -199,7 +209,7 @@ class Engine:
         batch.append(queue.popleft())
       if batch:
         k_pages, v_pages, slots = self._admit(params, k_pages, v_pages, slots, prompts, batch,
-                                              empty, table, refs, row_keys, take_page)
+                                              empty, table, refs, row_keys, limits, take_page)
         stats.admit_calls += 1
         for a, i in enumerate(batch):
           full = len(prompts[i]) // ps
@@ -223,9 +233,9 @@ class Engine:
           slot_owned[s] += 1
           slot_reserve[s] -= 1
       stats.peak_pages = max(stats.peak_pages, self.num_pages - 1 - len(free_pages))
-      width = _pow2_at_least(int(slot_owned[busy].max()), self.max_pages)
       k_pages, v_pages, slots = self.chunk_fn(dparams, k_pages, v_pages, slots,
-                                              self._place_rows(table[:, :width]))
+                                              self._place_rows(table),
+                                              self._entries(table, slot_owned, busy))
       stats.decode_calls += 1
       stats.decode_steps += steps
       live, count = jax.device_get((slots.live, slots.count))
@@ -253,6 +263,22 @@ class Engine:
                           prompt_lengths=np.repeat([len(p) for p in prompts], n).astype(np.int32))
     return result, stats
 
+  def _entries(self, table, owned, busy) -> paged.Entries:
+    """The (page, slot, first position) of every page of a busy slot, padded to a power of two
+    (at least slots) with entries of no slot."""
+    ps, S = self.ecfg.page_size, self.slots
+    if self.impl == "pallas":  # the kernel reads the page table
+      z = np.zeros((1,), np.int32)
+      return paged.Entries(z, z, z)
+    have = busy[:, None] & (np.arange(table.shape[1])[None] < owned[:, None])
+    slot, col = np.nonzero(have)
+    e = _pow2_at_least(max(len(slot), S), 1 << 40)
+    page = np.zeros((e,), np.int32)
+    slots = np.full((e,), S, np.int32)
+    base = np.zeros((e,), np.int32)
+    page[:len(slot)], slots[:len(slot)], base[:len(slot)] = table[slot, col], slot, col * ps
+    return paged.Entries(page, slots, base)
+
   def _group_pages(self, prompt_len: int) -> int:
     """Worst-case pages of a group: the prompt's full pages once, the rest per sample."""
     ps, n = self.ecfg.page_size, self.sampling.n
@@ -260,7 +286,7 @@ class Engine:
     return full + n * (-(-(prompt_len + self.sampling.max_new_tokens) // ps) - full)
 
   def _admit(self, params, k_pages, v_pages, slots, prompts, batch, empty, table, refs, row_keys,
-             take_page):
+             limits, take_page):
     """Prefills the prompts `batch` (indices) into fresh pages and starts their samples in the
     first slots of `empty`; fills the host page table."""
     ps, n, S = self.ecfg.page_size, self.sampling.n, self.slots
@@ -277,6 +303,7 @@ class Engine:
     copy_dst = np.zeros((a * n,), np.int32)
     slot_ids = np.full((a * n,), S, np.int32)
     keys = np.zeros((a * n, 2), np.uint32)
+    budgets = np.ones((a * n,), np.int32)
     for r, i in enumerate(batch):
       p = prompts[i]
       tokens[r, :len(p)] = p
@@ -288,6 +315,7 @@ class Engine:
         s = empty[r * n + j]
         slot_ids[r * n + j] = s
         keys[r * n + j] = row_keys[i * n + j]
+        budgets[r * n + j] = limits[i * n + j]
         table[s, :full] = pages[:full]
         if own > full:  # the partial last page: the first sample keeps it, others get a copy
           if j == 0:
@@ -299,7 +327,7 @@ class Engine:
       refs[pages[:full]] = n
     place = self._place_rows
     return self.admit_fn(params, k_pages, v_pages, slots, place(tokens), place(lengths),
-                         place(page_ids), copy_src, copy_dst, slot_ids, keys)
+                         place(page_ids), copy_src, copy_dst, slot_ids, keys, budgets)
 
 
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
