@@ -10,8 +10,8 @@ from reasoner import sharding
 from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.model import ModelConfig, init_params
 from reasoner.model import layers as L
-from reasoner.sampling import SamplingConfig, generate
-from reasoner.sampling import paged
+from reasoner.sampling import SamplingConfig, paged, sampler
+from reasoner.sampling import generate as dispatch
 from reasoner.sampling.engine import Engine, EngineConfig
 from reasoner.stages.rollouts import rollout_rows
 
@@ -33,8 +33,8 @@ def params():
 
 def static(params, prompts, seed=0, eos=-1, mesh=None, **kw):
   kw.setdefault("max_new_tokens", 12)
-  return generate(params, CFG, prompts, SamplingConfig(**kw), jax.random.PRNGKey(seed),
-                  pad_id=PAD, eos_id=eos, mesh=mesh)
+  return sampler.generate(params, CFG, prompts, SamplingConfig(**kw), jax.random.PRNGKey(seed),
+                          pad_id=PAD, eos_id=eos, mesh=mesh)
 
 
 def engine(params, prompts, seed=0, eos=-1, ecfg=SMALL, mesh=None, **kw):
@@ -171,3 +171,15 @@ def test_sharded_engine_equals_single_device(params):
   b = engine(sharded, PROMPTS, ecfg=ecfg, greedy=True, n=2, max_new_tokens=8, mesh=mesh)[0]
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_generate_dispatches_on_sampling_engine(params):
+  kw = dict(max_new_tokens=6, greedy=True, n=2)
+  a = dispatch(params, CFG, PROMPTS[:3], SamplingConfig(**kw), jax.random.PRNGKey(0), pad_id=PAD,
+               eos_id=-1)
+  b = dispatch(params, CFG, PROMPTS[:3], SamplingConfig(engine="static", **kw),
+               jax.random.PRNGKey(0), pad_id=PAD, eos_id=-1)
+  assert SamplingConfig().engine == "paged"
+  assert_same(a, b)
+  with pytest.raises(ValueError, match="engine"):
+    SamplingConfig(engine="lockstep")

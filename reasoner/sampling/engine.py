@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasoner.model.config import ModelConfig
-from reasoner.sampling import decode_model, paged
+from reasoner.sampling import decode_model, paged, sampler
 from reasoner.sampling.config import SamplingConfig
 from reasoner.sampling.sampler import SampleOutput, _check_prompts, bucket
 
@@ -330,12 +330,28 @@ class Engine:
                          place(page_ids), copy_src, copy_dst, slot_ids, keys, budgets)
 
 
-def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-             rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None,
-             engine: Optional[EngineConfig] = None) -> SampleOutput:
-  """`reasoner.sampling.generate` on the rollout engine (same arguments and results)."""
+def generate_paged(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                   sampling: SamplingConfig, rng: jax.Array, *, pad_id: int, eos_id: int,
+                   mesh=None, engine: Optional[EngineConfig] = None) -> SampleOutput:
+  """`sampler.generate` on the rollout engine (same arguments and results). The slot count is
+  the engine config's, or the call's row count rounded up to a power of two when smaller (the
+  pool then holds no more than the static sampler's cache of those rows)."""
   ecfg = engine or EngineConfig()
-  longest = max(len(p) for p in prompts) if len(prompts) else 1
-  eng = Engine(cfg, sampling, pad_id=pad_id, eos_id=eos_id, engine=ecfg,
-               max_prompt_len=longest, mesh=mesh)
+  rows = len(prompts) * sampling.n
+  ecfg = dataclasses.replace(ecfg, slots=min(ecfg.slots, _pow2_at_least(max(rows, 1), 1 << 40)))
+  ecfg = dataclasses.replace(ecfg, slots=max(ecfg.slots, sampling.n))
+  longest = max((len(p) for p in prompts), default=1)
+  eng = Engine(cfg, sampling, pad_id=pad_id, eos_id=eos_id, engine=ecfg, max_prompt_len=longest,
+               mesh=mesh)
   return eng.run(params, prompts, rng)[0]
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+             rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None) -> SampleOutput:
+  """Samples `sampling.n` completions per prompt with the sampler `sampling.engine` names (the
+  rollout engine by default, or the static sampler). Arguments and results: `sampler.generate`."""
+  if sampling.engine == "static":
+    return sampler.generate(params, cfg, prompts, sampling, rng, pad_id=pad_id, eos_id=eos_id,
+                            mesh=mesh)
+  return generate_paged(params, cfg, prompts, sampling, rng, pad_id=pad_id, eos_id=eos_id,
+                        mesh=mesh)
