@@ -4,8 +4,9 @@ A fixed number of decode slots run `steps_per_sync` decode steps per compiled ca
 calls the host collects the rows that finished, frees their pages, admits waiting prompts into
 the free slots (one batched prefill per call, all n samples of a prompt sharing its pages) and
 allocates the pages the live rows will write during the next call. Shapes are static: the slot
-count, the page pool, the admission batch (bucketed) and the attention window (page-table width,
-bucketed to powers of two of pages) pick among a few compiled programs.
+count, the page pool and page tables, the admission batch (bucketed to powers of two) and, on
+the XLA path, the list of live pages the attention reads (`paged.Entries`, padded to a power of
+two) pick among a few compiled programs.
 
 Scheduling policy: first come, first served, a whole group (the n samples of a prompt) at a
 time. A group is admitted when n slots are free and the pool can cover the group's worst case
