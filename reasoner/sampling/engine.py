@@ -62,7 +62,7 @@ class EngineStats:
   decode_steps: int = 0
   admit_calls: int = 0
   pool_pages: int = 0
-  peak_pages: int = 0  # most pages in use at once (page 0 excluded)
+  peak_pages: int = 0  # most pages in use at once
   end_pages: int = 0  # pages still in use after the run (0: every page was freed)
   page_bytes: int = 0  # bytes of one page over all layers (keys + values)
 
@@ -159,8 +159,8 @@ class Engine:
     if (limits < 1).any() or (limits > m).any():
       raise ValueError(f"limits must lie in [1, max_new_tokens = {m}]")
     worst = max(self._group_pages(len(p)) for p in prompts)
-    if worst > self.num_pages - 1:
-      raise ValueError(f"a group needs {worst} pages; the pool has {self.num_pages - 1}")
+    if worst > self.num_pages:
+      raise ValueError(f"a group needs {worst} pages; the pool has {self.num_pages}")
 
     stats = EngineStats(pool_pages=self.num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg))
     dparams = self.prep_fn(params)
@@ -171,7 +171,7 @@ class Engine:
     # Host bookkeeping.
     table = np.zeros((S, self.max_pages), np.int32)
     refs = np.zeros((self.num_pages,), np.int32)
-    free_pages = list(range(self.num_pages - 1, 0, -1))
+    free_pages = list(range(self.num_pages - 1, -1, -1))
     reserved = 0  # pages promised to admitted rows and not yet taken
     slot_row = np.full((S,), -1, np.int64)  # output row of each slot (-1 = empty)
     slot_len = np.zeros((S,), np.int64)  # host view: prompt length + generated count
@@ -233,7 +233,7 @@ class Engine:
           table[s, slot_owned[s]] = take_page()
           slot_owned[s] += 1
           slot_reserve[s] -= 1
-      stats.peak_pages = max(stats.peak_pages, self.num_pages - 1 - len(free_pages))
+      stats.peak_pages = max(stats.peak_pages, self.num_pages - len(free_pages))
       k_pages, v_pages, slots = self.chunk_fn(dparams, k_pages, v_pages, slots,
                                               self._place_rows(table),
                                               self._entries(table, slot_owned, busy))
@@ -257,7 +257,7 @@ class Engine:
           reserved -= slot_reserve[s]
           slot_reserve[s] = slot_owned[s] = 0
           slot_row[s] = -1
-    stats.end_pages = self.num_pages - 1 - len(free_pages)
+    stats.end_pages = self.num_pages - len(free_pages)
     result = SampleOutput(tokens=out["tokens"], logprobs=out["logprobs"],
                           sample_logprobs=out["sample_logprobs"], lengths=lengths, done=done,
                           injected=out["injected"],
@@ -299,9 +299,9 @@ class Engine:
       a = -(-a // per) * per
     tokens = np.full((a, width), self.pad_id, np.int32)
     lengths = np.ones((a,), np.int32)
-    page_ids = np.zeros((a, width // ps), np.int32)
+    page_ids = np.full((a, width // ps), self.num_pages, np.int32)
     copy_src = np.zeros((a * n,), np.int32)
-    copy_dst = np.zeros((a * n,), np.int32)
+    copy_dst = np.full((a * n,), self.num_pages, np.int32)
     slot_ids = np.full((a * n,), S, np.int32)
     keys = np.zeros((a * n, 2), np.uint32)
     budgets = np.ones((a * n,), np.int32)

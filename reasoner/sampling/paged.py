@@ -4,8 +4,9 @@ host-side scheduling lives in `reasoner.sampling.engine`.
 
 Page pool: per layer, keys and values in the layout of the attention implementation
 (`page_layout`: the Pallas TPU kernel's [K, num_pages, page_size, Dh], or one contiguous block
-per page for the XLA path). Page 0 is never handed out: writes of empty or finished slots and
-page-table entries past a sequence's end point at it, so every shape stays static.
+per page for the XLA path). Every page can be handed out: writes that must not land (empty or
+finished slots, padding) name page index num_pages, one past the pool, and are dropped by the
+scatter, so every shape stays static without a sink page.
 
 Page table: [slots, pages] int32, entry j of a slot = the page holding its cache positions
 [j * page_size, (j + 1) * page_size). A sequence's cache position is its token's rotary
@@ -121,26 +122,27 @@ def write_prompt(pages, x, page_ids, kind: str, impl: str):
   ps = pb // page_ids.shape[1]
   x = x.reshape(a, pb // ps, ps, kv, d).astype(pages.dtype)
   if impl == "pallas":
-    return pages.at[:, page_ids].set(x.transpose(3, 0, 1, 2, 4))
+    return pages.at[:, page_ids].set(x.transpose(3, 0, 1, 2, 4), mode="drop")
   x = x.transpose(0, 1, 3, 4, 2) if kind == "k" else x.transpose(0, 1, 3, 2, 4)
-  return pages.at[page_ids].set(x)
+  return pages.at[page_ids].set(x, mode="drop")
 
 
 def copy_pages(pages, src, dst, impl: str):
-  """Page dst[i] <- page src[i]."""
+  """Page dst[i] <- page src[i] (dst = num_pages: nothing)."""
   if impl == "pallas":
-    return pages.at[:, dst].set(pages[:, src])
-  return pages.at[dst].set(pages[src])
+    return pages.at[:, dst].set(pages[:, src], mode="drop")
+  return pages.at[dst].set(pages[src], mode="drop")
 
 
 def write_token(pages, x, page, off, kind: str, impl: str):
-  """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S])."""
+  """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S]); page = num_pages
+  writes nothing."""
   x = x.astype(pages.dtype)
   if impl == "pallas":
-    return pages.at[:, page, off].set(jnp.swapaxes(x, 0, 1))
+    return pages.at[:, page, off].set(jnp.swapaxes(x, 0, 1), mode="drop")
   if kind == "k":
-    return pages.at[page, :, :, off].set(x)
-  return pages.at[page, :, off, :].set(x)
+    return pages.at[page, :, :, off].set(x, mode="drop")
+  return pages.at[page, :, off, :].set(x, mode="drop")
 
 
 class Entries(NamedTuple):
@@ -214,8 +216,8 @@ def admit(params, k_pages, v_pages, slots: Slots, tokens, lengths, page_ids, cop
 
   tokens: [A, Pb] right-padded prompts (Pb a multiple of page_size); lengths: [A] true lengths
   (dummy rows: 1); page_ids: [A, Pb / page_size] the pages receiving each prompt's positions
-  (0 where unused); copy_src / copy_dst: [A * n] pages whose content is duplicated (a prompt's
-  partially filled last page, for samples 2..n of the group; 0 -> 0 where none); slot_ids:
+  (num_pages where unused); copy_src / copy_dst: [A * n] pages whose content is duplicated (a
+  prompt's partially filled last page, for samples 2..n of the group; dst num_pages where none); slot_ids:
   [A * n] the slot of sample j of prompt i at i * n + j (>= S for none); keys: [A * n, 2] their
   rng keys; limits: [A * n] their budgets of new tokens. pad_id fills the new output rows; no_wait = len(wait_token_ids). Returns (k_pages,
   v_pages, slots).
@@ -315,12 +317,14 @@ def select(slots: Slots, scfg: SamplingConfig, pad_id: int, eos_id: int):
 def model_step(dparams, k_pages, v_pages, page_table, entries, tokens, positions, write,
                cfg: ModelConfig, impl: str = "xla"):
   """Feeds one token per slot at `positions` [S] (also its cache index); `write` [S] bool says
-  which slots keep their keys / values (others write to page 0). Returns (logits [S, V] float32,
+  which slots keep their keys / values (others write nothing). Returns (logits [S, V] float32,
   k_pages, v_pages)."""
   ps = page_size_of(k_pages[0], impl)
   s = tokens.shape[0]
   rows = jnp.arange(s)
-  page = jnp.where(write, page_table[rows, jnp.minimum(positions // ps, page_table.shape[1] - 1)], 0)
+  num_pages = k_pages[0].shape[1 if impl == "pallas" else 0]
+  page = page_table[rows, jnp.minimum(positions // ps, page_table.shape[1] - 1)]
+  page = jnp.where(write, page, num_pages)
   off = positions % ps
   lengths = jnp.where(write, positions + 1, 1)
   inv_freq = L.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -352,7 +356,7 @@ def decode_chunk(dparams, k_pages, v_pages, slots: Slots, page_table, entries: E
                  sampling: SamplingConfig, pad_id: int, eos_id: int, steps: int,
                  impl: str = "xla"):
   """`steps` decode steps: each picks every live slot's token, then feeds it. Slots that finish
-  stop recording (and write their keys / values to page 0). page_table [S, max pages] and (xla)
+  stop recording (and write no keys / values). page_table [S, max pages] and (xla)
   entries must cover every live slot's positions up to start + count + steps - 1. Returns
   (k_pages, v_pages, slots)."""
 
