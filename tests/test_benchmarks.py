@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from benchmarks.sampler import model_flops
@@ -85,3 +86,13 @@ def test_train_step_benchmark_quick_run_prints_every_row():
   # Medians of the 2 timed steps are means, so the parts add up.
   assert grpo["ref logprobs"] + grpo["update"] == pytest.approx(grpo["learn"], abs=2e-3)
   assert any(l.startswith("quoted (issue, not measured here)") for l in lines)
+
+
+def test_rollout_benchmark_workload_is_long_tailed():
+  from benchmarks.rollout_engine import check_long_tail, long_tail_lengths
+  lengths = long_tail_lengths(256, 128, 1.0, cap=2048)
+  shape = check_long_tail(lengths, 128)
+  assert shape["median"] == 128 and shape["p99"] >= 8 * 128 and lengths.max() <= 2048
+  np.testing.assert_array_equal(lengths, long_tail_lengths(256, 128, 1.0, cap=2048))
+  with pytest.raises(AssertionError, match="p99"):  # a light tail is refused
+    check_long_tail(long_tail_lengths(256, 128, 0.5, cap=2048), 128)
