@@ -183,3 +183,13 @@ def test_generate_dispatches_on_sampling_engine(params):
   assert_same(a, b)
   with pytest.raises(ValueError, match="engine"):
     SamplingConfig(engine="lockstep")
+
+
+def test_logprob_gap_metric_over_masked_tokens():
+  from reasoner.losses.logprobs import logprob_gap
+  learner = np.array([[0.0, -1.0, -2.0], [-0.5, -0.25, 0.0]])
+  sampled = np.array([[9.0, -1.5, -2.0], [-0.5, -0.0, 7.0]])
+  mask = np.array([[0, 1, 1], [1, 1, 0]])
+  got = logprob_gap(learner, sampled, mask)
+  assert got == {"logprob_gap/max": 0.5, "logprob_gap/mean": 0.1875}
+  assert logprob_gap(learner, sampled, np.zeros_like(mask)) == {}
