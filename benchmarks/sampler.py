@@ -55,13 +55,15 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_ours(cfg, batch: int, prompt_len: int, new_tokens: int, repeats: int,
-               mesh=None) -> dict:
-  """Our `generate`, on one device or with the rows split over `mesh`'s data axis."""
+               mesh=None, engine: str = "static") -> dict:
+  """Our `generate` (`engine`: the static sampler or the rollout engine), on one device or with
+  the rows split over `mesh`'s data axis."""
   params = init_params(cfg, jax.random.PRNGKey(0))
   if mesh is not None:
     params = sharding.shard_params(params, cfg, mesh)
   prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).tolist()
-  sc = SamplingConfig(max_new_tokens=new_tokens, greedy=True, prompt_buckets=(prompt_len,))
+  sc = SamplingConfig(max_new_tokens=new_tokens, greedy=True, prompt_buckets=(prompt_len,),
+                      engine=engine)
   rng = jax.random.PRNGKey(1)
   run = lambda: generate(params, cfg, prompts, sc, rng, pad_id=0, eos_id=-1, mesh=mesh)
   t0 = time.perf_counter()
@@ -187,6 +189,10 @@ def main(argv=None):
   ap.add_argument("--dtype", default="float32", help="our compute/param dtype (torch stays fp32)")
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--no_torch", action="store_true", help="skip the transformers side")
+  ap.add_argument("--engine", default="static",
+                  help="our sampler: static (one lockstep batch; the figures in BUILD_NOTES.md "
+                       "before the rollout engine) or paged (the rollout engine, the default of "
+                       "`generate`); the decode-only column is the static sampler's either way")
   ap.add_argument("--torch_device", default="cpu", help="cpu or cuda (transformers side)")
   ap.add_argument("--cpu_devices", type=int, default=0,
                   help="XLA:CPU devices of this process: 0 = one per core. XLA:CPU runs a small op "
@@ -222,7 +228,7 @@ def main(argv=None):
     raise SystemExit(f"--splits={args.splits}: this process has {n_dev} device(s)")
   print(f"jax {jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '?')}), "
         f"{sharding.cpu_cores()} CPU cores, {n_dev} device(s); prompt {args.prompt_len}, "
-        f"{args.new_tokens} new tokens, greedy, dtype {args.dtype}")
+        f"{args.new_tokens} new tokens, greedy, dtype {args.dtype}, {args.engine} sampler")
   header = (f"{'preset':<8}{'batch':>6}{'devs':>5}{'ours tok/s':>12}{'decode tok/s':>14}"
             f"{'compile s':>11}{'GFLOP/s':>9}{'hf tok/s':>14}{'hf decode':>11}{'ratio':>8}"
             f"{'ceiling':>9}{'roofline':>10}")
@@ -236,7 +242,8 @@ def main(argv=None):
       for split in [s for s in splits if b % s == 0 and (s == 1 or b > 1)] or [1]:
         mesh = (sharding.make_mesh(data=split, fsdp=1, devices=jax.devices()[:split])
                 if split > 1 else None)
-        r = bench_ours(cfg, b, args.prompt_len, args.new_tokens, args.repeats, mesh)
+        r = bench_ours(cfg, b, args.prompt_len, args.new_tokens, args.repeats, mesh,
+                       engine=args.engine)
         r["split"] = split
         ours = r if ours is None or r["tok_s"] > ours["tok_s"] else ours
       hf = None

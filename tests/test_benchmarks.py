@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from benchmarks.sampler import model_flops
@@ -99,3 +100,13 @@ def test_code_reward_benchmark_quick_run_scores_the_mix():
   assert "16 programs (8 correct, 4 wrong, 2 crash, 2 loop)" in lines[0]
   workers, seconds, rate, _ = lines[2].split()
   assert int(workers) >= 1 and float(rate) == pytest.approx(16 / float(seconds), rel=0.02)
+
+
+def test_rollout_benchmark_workload_is_long_tailed():
+  from benchmarks.rollout_engine import check_long_tail, long_tail_lengths
+  lengths = long_tail_lengths(256, 128, 1.0, cap=2048)
+  shape = check_long_tail(lengths, 128)
+  assert shape["median"] == 128 and shape["p99"] >= 8 * 128 and lengths.max() <= 2048
+  np.testing.assert_array_equal(lengths, long_tail_lengths(256, 128, 1.0, cap=2048))
+  with pytest.raises(AssertionError, match="p99"):  # a light tail is refused
+    check_long_tail(long_tail_lengths(256, 128, 0.5, cap=2048), 128)

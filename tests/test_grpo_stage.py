@@ -50,7 +50,8 @@ def stage_ctx(tmp_path, tokenizer, loss_agg):
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
 def test_rows_of_dropped_groups_do_not_change_the_update(tmp_path, arith_tokenizer, loss_agg):
   ctx, params = stage_ctx(tmp_path, arith_tokenizer, loss_agg)
-  gb = make_collect(ctx)(params, 0, jax.random.PRNGKey(1))
+  # A key whose rollouts keep some groups and drop others (half kept with the rollout engine).
+  gb = make_collect(ctx)(params, 0, jax.random.PRNGKey(5))
   rows = len(gb.rows["tokens"])
   kept = int(gb.rows["loss_mask"].any(axis=1).sum())
   assert rows == row_buckets(16, 2)(kept) and rows % 2 == 0
@@ -81,7 +82,7 @@ def test_rows_of_dropped_groups_do_not_change_the_update(tmp_path, arith_tokeniz
 def test_replay_adds_the_sft_loss_on_replayed_solutions(tmp_path, arith_tokenizer):
   ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean")
   ctx.config.grpo.update(dict(replay_weight=0.5, replay_batch_size=4, replay_problems=20))
-  gb = make_collect(ctx)(params, 3, jax.random.PRNGKey(1))
+  gb = make_collect(ctx)(params, 3, jax.random.PRNGKey(2))  # some groups kept: an update runs
   replay = make_replay(ctx)
   batch = replay(3, 0)
   assert batch["tokens"].shape == (4, ctx.config.grpo.replay_seq_len) and batch["loss_mask"].sum() > 0

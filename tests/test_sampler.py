@@ -11,8 +11,9 @@ import pytest
 from reasoner import sharding
 from reasoner.model import ModelConfig, forward, init_params
 from reasoner.model import layers as L
-from reasoner.sampling import (TRACE_COUNT, SamplingConfig, bucket, filter_logits, generate,
-                               prepare, prompt_arrays, sample, select_next)
+from reasoner.sampling import (TRACE_COUNT, SamplingConfig, bucket, filter_logits, prepare,
+                               prompt_arrays, sample, select_next)
+from reasoner.sampling.sampler import generate  # the static sampler (not the engine dispatch)
 from reasoner.sampling import decode_model
 from reasoner.sampling.step import init_buffers
 

@@ -160,3 +160,15 @@ def sequence_logprobs(params, cfg: ModelConfig, batch: Mapping[str, Any], *,
   shared alignment."""
   out = sequence_stats(params, cfg, batch, entropy=entropy)
   return out["logp"], out.get("entropy")
+
+
+def logprob_gap(learner, sampler, mask) -> dict:
+  """{'logprob_gap/max', 'logprob_gap/mean'}: the absolute gap between the learner's recomputed
+  per-token log-probs and the sampler's ([b, t] each, same alignment) over the tokens where
+  `mask` [b, t] is set; {} when none is."""
+  import numpy as np
+  mask = np.asarray(mask) > 0
+  if not mask.any():
+    return {}
+  gap = np.abs(np.asarray(learner, np.float64) - np.asarray(sampler, np.float64))[mask]
+  return {"logprob_gap/max": float(gap.max()), "logprob_gap/mean": float(gap.mean())}

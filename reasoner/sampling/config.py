@@ -25,7 +25,11 @@ class SamplingConfig:
     first generated token.
   min_thinking_tokens / wait_token_ids: s1 budget forcing; a `think_end_id`, EOS or stop token
     sampled before this many tokens (while thinking is open) is replaced by the "Wait" tokens.
-  prompt_buckets: prompts are left-padded up to the next bucket so a new length reuses a compile.
+  prompt_buckets: prompts are padded up to the next bucket so a new length reuses a compile.
+  engine: which sampler `reasoner.sampling.generate` runs: "paged" (the rollout engine:
+    continuous batching over a paged KV cache, `reasoner.sampling.engine`) or "static" (one
+    lockstep batch over a preallocated cache, `reasoner.sampling.sampler`). Greedy outputs are
+    the same.
   """
 
   max_new_tokens: int = 128
@@ -41,6 +45,7 @@ class SamplingConfig:
   wait_token_ids: tuple = ()
   min_thinking_tokens: int = 0
   prompt_buckets: tuple = DEFAULT_BUCKETS
+  engine: str = "paged"
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -61,6 +66,8 @@ class SamplingConfig:
       raise ValueError("max_thinking_tokens / min_thinking_tokens need think_end_id")
     if self.min_thinking_tokens and not self.wait_token_ids:
       raise ValueError("min_thinking_tokens needs wait_token_ids (e.g. the tokens of ' Wait,')")
+    if self.engine not in ("paged", "static"):
+      raise ValueError(f"engine must be 'paged' or 'static', got {self.engine!r}")
     if not self.prompt_buckets or any(int(b) <= 0 for b in self.prompt_buckets):
       raise ValueError(f"prompt_buckets must be positive lengths, got {self.prompt_buckets}")
     seqs = tuple(tuple(int(t) for t in s) for s in self.stop_sequences)

@@ -17,7 +17,7 @@ import numpy as np
 
 from reasoner.model.config import ModelConfig
 from reasoner.sampling.config import SamplingConfig
-from reasoner.sampling.sampler import generate
+from reasoner.sampling.engine import generate
 from reasoner.tokenizer.base import Tokenizer
 
 

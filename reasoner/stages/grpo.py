@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from reasoner.losses.grpo import GRPOConfig, filter_zero_variance_groups, grpo_loss, group_advantages
-from reasoner.losses.logprobs import sequence_logprobs
+from reasoner.losses.logprobs import logprob_gap, sequence_logprobs
 from reasoner.losses.sft import sft_loss
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
@@ -247,6 +247,8 @@ def make_learn(ctx: StageContext, optimizer, loss_fn, ref_params=None, off_polic
                  "n_tokens": sum(u["n_tokens"] for u in updates)}
     metrics = dict(jax.device_get(metrics))
     metrics.update(gb.metrics)
+    if "old_logprobs" in batch:  # the sampler's log-probs against the learner's recomputation
+      metrics.update(logprob_gap(batch["old_logprobs"], gb.behaviour_logprobs, batch["loss_mask"]))
     metrics["time/learn_s"] = time.perf_counter() - t0
     return state, metrics
 

@@ -1,0 +1,358 @@
+"""Rollout engine: continuous batching over a paged KV cache (device side in `paged`).
+
+A fixed number of decode slots run `steps_per_sync` decode steps per compiled call; between
+calls the host collects the rows that finished, frees their pages, admits waiting prompts into
+the free slots (one batched prefill per call, all n samples of a prompt sharing its pages) and
+allocates the pages the live rows will write during the next call. Shapes are static: the slot
+count, the page pool and page tables, the admission batch (bucketed to powers of two) and, on
+the XLA path, the list of live pages the attention reads (`paged.Entries`, padded to a power of
+two) pick among a few compiled programs.
+
+Scheduling policy: first come, first served, a whole group (the n samples of a prompt) at a
+time. A group is admitted when n slots are free and the pool can cover the group's worst case
+(prompt + max_new_tokens for every sample, the prompt's full pages counted once); pages are then
+taken from the pool only as the rows grow, and released (reference counted: a shared prompt page
+when its last sample ends) as rows finish. The reservation means an admitted row never waits for
+a page, so there is no preemption.
+
+Group sharing: the samples of a prompt point their page tables at the prompt's full pages. The
+prompt's partially filled last page (if any) is copied once for each sample after the first,
+since every sample writes its own tokens into it: at most one page per sample is copied.
+
+`generate` has the signature and results of `reasoner.sampling.generate`: rows are
+prompt-major, and row i*n + j samples with the key fold_in(rng, i*n + j) whatever slot it runs
+in, so results do not depend on the slot count or the order of admission.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasoner.model.config import ModelConfig
+from reasoner.sampling import decode_model, paged, sampler
+from reasoner.sampling.config import SamplingConfig
+from reasoner.sampling.sampler import SampleOutput, _check_prompts, bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """slots: decode rows run together; page_size: cache positions per page; num_pages: pool size
+  (0 = enough for every slot's worst case, the static sampler's cache at batch = slots);
+  steps_per_sync: decode steps per compiled call (host round trip)."""
+
+  slots: int = 64
+  page_size: int = 32
+  num_pages: int = 0
+  steps_per_sync: int = 16
+
+
+@dataclasses.dataclass
+class EngineStats:
+  """What one `Engine.run` did: compiled calls, decode steps, pages."""
+
+  decode_calls: int = 0
+  decode_steps: int = 0
+  admit_calls: int = 0
+  pool_pages: int = 0
+  peak_pages: int = 0  # most pages in use at once
+  end_pages: int = 0  # pages still in use after the run (0: every page was freed)
+  page_bytes: int = 0  # bytes of one page over all layers (keys + values)
+
+  @property
+  def pool_bytes(self) -> int:
+    return self.pool_pages * self.page_bytes
+
+  @property
+  def peak_bytes(self) -> int:
+    return self.peak_pages * self.page_bytes
+
+
+def _pow2_at_least(x: int, cap: int) -> int:
+  p = 1
+  while p < x:
+    p *= 2
+  return min(p, cap)
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(cfg_json: str, sampling: SamplingConfig, pad_id: int, eos_id: int, steps: int,
+              impl: str, mesh):
+  cfg = ModelConfig.from_dict(json.loads(cfg_json))
+  admit = jax.jit(functools.partial(paged.admit, cfg=cfg, n=sampling.n, pad_id=pad_id,
+                                    no_wait=len(sampling.wait_token_ids), impl=impl, mesh=mesh),
+                  donate_argnums=(1, 2, 3))
+  chunk = jax.jit(functools.partial(paged.decode_chunk, cfg=cfg, sampling=sampling, pad_id=pad_id,
+                                    eos_id=eos_id, steps=steps, impl=impl),
+                  donate_argnums=(1, 2, 3))
+  prep = jax.jit(functools.partial(decode_model.prepare_params, cfg=cfg))
+  return admit, chunk, prep
+
+
+class Engine:
+  """Host-side scheduler of one model / sampling config (see the module docstring)."""
+
+  def __init__(self, cfg: ModelConfig, sampling: SamplingConfig, *, pad_id: int, eos_id: int,
+               engine: EngineConfig = EngineConfig(), max_prompt_len: Optional[int] = None,
+               mesh=None):
+    self.cfg, self.sampling, self.ecfg, self.mesh = cfg, sampling, engine, mesh
+    self.pad_id, self.eos_id = int(pad_id), int(eos_id)
+    ps = engine.page_size
+    longest = max_prompt_len or max(sampling.prompt_buckets)
+    self.max_pages = -(-(bucket(longest, sampling.prompt_buckets) + sampling.max_new_tokens) // ps)
+    self.slots = engine.slots
+    if mesh is not None:
+      per = int(mesh.shape["data"] * mesh.shape["fsdp"])
+      self.slots = -(-self.slots // per) * per
+    if self.slots < sampling.n:
+      raise ValueError(f"slots ({self.slots}) must hold a whole group (n = {sampling.n})")
+    self.num_pages = engine.num_pages or self.slots * self.max_pages
+    self.impl = paged.attention_impl()
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    self.admit_fn, self.chunk_fn, self.prep_fn = _programs(
+        cfg_json, sampling, self.pad_id, self.eos_id, engine.steps_per_sync, self.impl, mesh)
+
+  # -- placement --------------------------------------------------------------------------------
+
+  def _place_pages(self, pages):
+    """Pages split over kv heads (`tensor`), whole on the batch axes (a slot may read any page)."""
+    if self.mesh is None:
+      return pages
+    from jax.sharding import NamedSharding
+    from reasoner import sharding
+    names = (("kv_heads", None, None, None) if self.impl == "pallas"
+             else (None, "kv_heads", None, None))
+    spec = sharding.logical_to_spec(names, self.mesh, shape=pages[0].shape)
+    return tuple(jax.device_put(p, NamedSharding(self.mesh, spec)) for p in pages)
+
+  def _place_rows(self, x):
+    if self.mesh is None:
+      return x
+    from reasoner import sharding
+    return jax.device_put(x, sharding.batch_sharding(np.ndim(x), self.mesh, batch_size=x.shape[0]))
+
+  # -- the loop ---------------------------------------------------------------------------------
+
+  def run(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
+          limits: Optional[Sequence[int]] = None) -> tuple[SampleOutput, EngineStats]:
+    """Samples n completions per prompt. limits: optional per-row budgets of new tokens
+    ([len(prompts) * n], each <= max_new_tokens; a row that reaches its budget ends like one that
+    reaches max_new_tokens). Returns (outputs, stats)."""
+    cfg, sc, ps = self.cfg, self.sampling, self.ecfg.page_size
+    n, m, S = sc.n, sc.max_new_tokens, self.slots
+    prompts = _check_prompts(prompts, cfg, sc)
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+      rng = jax.random.key_data(rng)
+    rng = jnp.asarray(rng, jnp.uint32)
+    row_keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+        jnp.arange(len(prompts) * n)))
+    rows_total = len(prompts) * n
+    limits = (np.full((rows_total,), m, np.int32) if limits is None
+              else np.asarray(limits, np.int32).reshape(rows_total))
+    if (limits < 1).any() or (limits > m).any():
+      raise ValueError(f"limits must lie in [1, max_new_tokens = {m}]")
+    worst = max(self._group_pages(len(p)) for p in prompts)
+    if worst > self.num_pages:
+      raise ValueError(f"a group needs {worst} pages; the pool has {self.num_pages}")
+
+    stats = EngineStats(pool_pages=self.num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg))
+    dparams = self.prep_fn(params)
+    k_pages, v_pages = paged.init_pages(cfg, self.num_pages, ps, self.impl)
+    k_pages, v_pages = self._place_pages(k_pages), self._place_pages(v_pages)
+    slots = jax.tree.map(self._place_rows, paged.init_slots(S, cfg, sc, self.pad_id))
+
+    # Host bookkeeping.
+    table = np.zeros((S, self.max_pages), np.int32)
+    refs = np.zeros((self.num_pages,), np.int32)
+    free_pages = list(range(self.num_pages - 1, -1, -1))
+    reserved = 0  # pages promised to admitted rows and not yet taken
+    slot_row = np.full((S,), -1, np.int64)  # output row of each slot (-1 = empty)
+    slot_len = np.zeros((S,), np.int64)  # host view: prompt length + generated count
+    slot_start = np.zeros((S,), np.int64)
+    slot_owned = np.zeros((S,), np.int64)  # pages in the table (shared ones included)
+    slot_reserve = np.zeros((S,), np.int64)  # unallocated pages still promised to the slot
+    queue = collections.deque(range(len(prompts)))
+    out = {k: np.zeros((len(prompts) * n, m), dt) for k, dt in
+           (("tokens", np.int32), ("logprobs", np.float32), ("sample_logprobs", np.float32),
+            ("injected", bool))}
+    out["tokens"][:] = self.pad_id
+    lengths = np.zeros((len(prompts) * n,), np.int32)
+    done = np.zeros((len(prompts) * n,), bool)
+
+    def take_page():
+      nonlocal reserved
+      page = free_pages.pop()
+      refs[page] = 1
+      reserved -= 1
+      return page
+
+    def release(page):
+      refs[page] -= 1
+      if refs[page] == 0:
+        free_pages.append(page)
+
+    while queue or (slot_row >= 0).any():
+      # Admit whole groups, first come first served, while slots and pages allow.
+      empty = list(np.flatnonzero(slot_row < 0))
+      batch = []
+      while queue and len(empty) >= n * (len(batch) + 1):
+        need = self._group_pages(len(prompts[queue[0]]))
+        if len(free_pages) - reserved < need:
+          break
+        reserved += need
+        batch.append(queue.popleft())
+      if batch:
+        k_pages, v_pages, slots = self._admit(params, k_pages, v_pages, slots, prompts, batch,
+                                              empty, table, refs, row_keys, limits, take_page)
+        stats.admit_calls += 1
+        for a, i in enumerate(batch):
+          full = len(prompts[i]) // ps
+          own = -(-len(prompts[i]) // ps)
+          for j in range(n):
+            s = empty[a * n + j]
+            slot_row[s] = i * n + j
+            slot_len[s] = slot_start[s] = len(prompts[i])
+            slot_owned[s] = own
+            # This sample's share of the group's reservation: its own pages up to the worst case
+            # (the prompt's full pages were counted once and are already taken).
+            slot_reserve[s] = -(-(len(prompts[i]) + m) // ps) - full - (own - full)
+      # Pages for the positions the next call may write: up to len + steps - 1 (the last
+      # generated token is never fed).
+      steps = self.ecfg.steps_per_sync
+      busy = slot_row >= 0
+      for s in np.flatnonzero(busy):
+        top = min(slot_len[s] + steps, slot_start[s] + m - 1)
+        while slot_owned[s] * ps < top:
+          table[s, slot_owned[s]] = take_page()
+          slot_owned[s] += 1
+          slot_reserve[s] -= 1
+      stats.peak_pages = max(stats.peak_pages, self.num_pages - len(free_pages))
+      k_pages, v_pages, slots = self.chunk_fn(dparams, k_pages, v_pages, slots,
+                                              self._place_rows(table),
+                                              self._entries(table, slot_owned, busy))
+      stats.decode_calls += 1
+      stats.decode_steps += steps
+      live, count = jax.device_get((slots.live, slots.count))
+      slot_len = np.where(busy, slot_start + count, 0)
+      finished = np.flatnonzero(busy & ~live)
+      if len(finished):
+        idx = jnp.asarray(finished)
+        got = jax.device_get((slots.tokens[idx], slots.logprobs[idx], slots.sample_logprobs[idx],
+                              slots.injected[idx], slots.done[idx]))
+        for r, s in enumerate(finished):
+          row = slot_row[s]
+          for key, arr in zip(("tokens", "logprobs", "sample_logprobs", "injected"), got[:4]):
+            out[key][row] = arr[r]
+          lengths[row], done[row] = count[s], got[4][r]
+          for p in table[s, :slot_owned[s]]:
+            release(p)
+          table[s] = 0
+          reserved -= slot_reserve[s]
+          slot_reserve[s] = slot_owned[s] = 0
+          slot_row[s] = -1
+    stats.end_pages = self.num_pages - len(free_pages)
+    result = SampleOutput(tokens=out["tokens"], logprobs=out["logprobs"],
+                          sample_logprobs=out["sample_logprobs"], lengths=lengths, done=done,
+                          injected=out["injected"],
+                          prompt_lengths=np.repeat([len(p) for p in prompts], n).astype(np.int32))
+    return result, stats
+
+  def _entries(self, table, owned, busy) -> paged.Entries:
+    """The (page, slot, first position) of every page of a busy slot, padded to a power of two
+    (at least slots) with entries of no slot."""
+    ps, S = self.ecfg.page_size, self.slots
+    if self.impl == "pallas":  # the kernel reads the page table
+      z = np.zeros((1,), np.int32)
+      return paged.Entries(z, z, z)
+    have = busy[:, None] & (np.arange(table.shape[1])[None] < owned[:, None])
+    slot, col = np.nonzero(have)
+    e = _pow2_at_least(max(len(slot), S), 1 << 40)
+    page = np.zeros((e,), np.int32)
+    slots = np.full((e,), S, np.int32)
+    base = np.zeros((e,), np.int32)
+    page[:len(slot)], slots[:len(slot)], base[:len(slot)] = table[slot, col], slot, col * ps
+    return paged.Entries(page, slots, base)
+
+  def _group_pages(self, prompt_len: int) -> int:
+    """Worst-case pages of a group: the prompt's full pages once, the rest per sample."""
+    ps, n = self.ecfg.page_size, self.sampling.n
+    full = prompt_len // ps
+    return full + n * (-(-(prompt_len + self.sampling.max_new_tokens) // ps) - full)
+
+  def _admit(self, params, k_pages, v_pages, slots, prompts, batch, empty, table, refs, row_keys,
+             limits, take_page):
+    """Prefills the prompts `batch` (indices) into fresh pages and starts their samples in the
+    first slots of `empty`; fills the host page table."""
+    ps, n, S = self.ecfg.page_size, self.sampling.n, self.slots
+    width = bucket(max(len(prompts[i]) for i in batch), self.sampling.prompt_buckets)
+    width = -(-width // ps) * ps
+    a = _pow2_at_least(len(batch), max(1, S // n))
+    if self.mesh is not None:
+      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+      a = -(-a // per) * per
+    tokens = np.full((a, width), self.pad_id, np.int32)
+    lengths = np.ones((a,), np.int32)
+    page_ids = np.full((a, width // ps), self.num_pages, np.int32)
+    copy_src = np.zeros((a * n,), np.int32)
+    copy_dst = np.full((a * n,), self.num_pages, np.int32)
+    slot_ids = np.full((a * n,), S, np.int32)
+    keys = np.zeros((a * n, 2), np.uint32)
+    budgets = np.ones((a * n,), np.int32)
+    for r, i in enumerate(batch):
+      p = prompts[i]
+      tokens[r, :len(p)] = p
+      lengths[r] = len(p)
+      full, own = len(p) // ps, -(-len(p) // ps)
+      pages = [take_page() for _ in range(own)]
+      page_ids[r, :own] = pages
+      for j in range(n):
+        s = empty[r * n + j]
+        slot_ids[r * n + j] = s
+        keys[r * n + j] = row_keys[i * n + j]
+        budgets[r * n + j] = limits[i * n + j]
+        table[s, :full] = pages[:full]
+        if own > full:  # the partial last page: the first sample keeps it, others get a copy
+          if j == 0:
+            table[s, full] = pages[full]
+          else:
+            dst = take_page()
+            table[s, full] = dst
+            copy_src[r * n + j], copy_dst[r * n + j] = pages[full], dst
+      refs[pages[:full]] = n
+    place = self._place_rows
+    return self.admit_fn(params, k_pages, v_pages, slots, place(tokens), place(lengths),
+                         place(page_ids), copy_src, copy_dst, slot_ids, keys, budgets)
+
+
+def generate_paged(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                   sampling: SamplingConfig, rng: jax.Array, *, pad_id: int, eos_id: int,
+                   mesh=None, engine: Optional[EngineConfig] = None) -> SampleOutput:
+  """`sampler.generate` on the rollout engine (same arguments and results). The slot count is
+  the engine config's, or the call's row count rounded up to a power of two when smaller (the
+  pool then holds no more than the static sampler's cache of those rows)."""
+  ecfg = engine or EngineConfig()
+  rows = len(prompts) * sampling.n
+  ecfg = dataclasses.replace(ecfg, slots=min(ecfg.slots, _pow2_at_least(max(rows, 1), 1 << 40)))
+  ecfg = dataclasses.replace(ecfg, slots=max(ecfg.slots, sampling.n))
+  longest = max((len(p) for p in prompts), default=1)
+  eng = Engine(cfg, sampling, pad_id=pad_id, eos_id=eos_id, engine=ecfg, max_prompt_len=longest,
+               mesh=mesh)
+  return eng.run(params, prompts, rng)[0]
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+             rng: jax.Array, *, pad_id: int, eos_id: int, mesh=None) -> SampleOutput:
+  """Samples `sampling.n` completions per prompt with the sampler `sampling.engine` names (the
+  rollout engine by default, or the static sampler). Arguments and results: `sampler.generate`."""
+  if sampling.engine == "static":
+    return sampler.generate(params, cfg, prompts, sampling, rng, pad_id=pad_id, eos_id=eos_id,
+                            mesh=mesh)
+  return generate_paged(params, cfg, prompts, sampling, rng, pad_id=pad_id, eos_id=eos_id,
+                        mesh=mesh)

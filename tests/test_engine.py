@@ -1,0 +1,195 @@
+"""The rollout engine (paged KV cache + continuous batching) against the static sampler and the
+learner's recomputed log-probs, plus page accounting, group sharing and sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reasoner import sharding
+from reasoner.losses.logprobs import sequence_logprobs
+from reasoner.model import ModelConfig, init_params
+from reasoner.model import layers as L
+from reasoner.sampling import SamplingConfig, paged, sampler
+from reasoner.sampling import generate as dispatch
+from reasoner.sampling.engine import Engine, EngineConfig
+from reasoner.stages.rollouts import rollout_rows
+
+CFG = ModelConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                  d_ff=128, max_seq_len=96, init_std=0.3)
+PAD, EOS = 0, 1
+# Lengths 7, 2, 12, 4, 9, 1: full pages, partial pages and a one-token prompt at page size 4.
+PROMPTS = [[5, 17, 33, 2, 9, 41, 60], [7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22],
+           [30, 31, 32, 33], [40, 41, 42, 43, 44, 45, 46, 47, 48], [50]]
+# Fewer slots than rows, small pages and a few steps per call: admission mid-run, partial pages
+# copied for groups, page tables growing and windows changing.
+SMALL = EngineConfig(slots=4, page_size=4, steps_per_sync=3)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, jax.random.PRNGKey(0))
+
+
+def static(params, prompts, seed=0, eos=-1, mesh=None, **kw):
+  kw.setdefault("max_new_tokens", 12)
+  return sampler.generate(params, CFG, prompts, SamplingConfig(**kw), jax.random.PRNGKey(seed),
+                          pad_id=PAD, eos_id=eos, mesh=mesh)
+
+
+def engine(params, prompts, seed=0, eos=-1, ecfg=SMALL, mesh=None, **kw):
+  kw.setdefault("max_new_tokens", 12)
+  eng = Engine(CFG, SamplingConfig(**kw), pad_id=PAD, eos_id=eos, engine=ecfg,
+               max_prompt_len=max(len(p) for p in prompts), mesh=mesh)
+  return eng.run(params, prompts, jax.random.PRNGKey(seed))
+
+
+def assert_same(a, b, logprob_atol=1e-4):
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_array_equal(a.done, b.done)
+  np.testing.assert_array_equal(a.injected, b.injected)
+  np.testing.assert_array_equal(a.prompt_lengths, b.prompt_lengths)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=logprob_atol)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_greedy_token_identical_to_static_sampler(params, n):
+  out, stats = engine(params, PROMPTS, greedy=True, n=n)
+  assert_same(out, static(params, PROMPTS, greedy=True, n=n))
+  assert stats.admit_calls > 1  # rows were admitted as others finished
+
+
+def test_stops_and_budget_forcing_match_static_sampler(params):
+  free = static(params, PROMPTS, greedy=True)
+  eos = int(free.tokens[0, 4])
+  seq = tuple(free.tokens[2, 5:7].tolist())
+  kw = dict(greedy=True, n=2, stop_token_ids=(int(free.tokens[1, 3]),), stop_sequences=(seq,))
+  a, b = static(params, PROMPTS, eos=eos, **kw), engine(params, PROMPTS, eos=eos, **kw)[0]
+  assert a.done.any() and (a.lengths < 12).any()
+  assert_same(b, a)
+  think_end = next(t for t in range(2, CFG.vocab_size) if t not in free.tokens[:, :8])
+  kw = dict(greedy=True, max_thinking_tokens=5, think_end_id=think_end)
+  assert_same(engine(params, PROMPTS, **kw)[0], static(params, PROMPTS, **kw))
+  kw = dict(greedy=True, think_end_id=int(free.tokens[0, 2]), min_thinking_tokens=8,
+            wait_token_ids=(90, 91))
+  a, b = static(params, PROMPTS, **kw), engine(params, PROMPTS, **kw)[0]
+  assert a.injected.any()
+  assert_same(b, a)
+
+
+def logprob_gap(params, cfg, prompts, out):
+  """(max, mean) |sampler log-prob - learner's recomputed log-prob| over completion tokens."""
+  comps = [row[:n].tolist() for row, n in zip(out.tokens, out.lengths)]
+  lps = [row[:n] for row, n in zip(out.logprobs, out.lengths)]
+  rows = rollout_rows([p for p in prompts for _ in range(len(out.tokens) // len(prompts))], comps,
+                      48, PAD, logprobs=lps)
+  batch = {k: jnp.asarray(v) for k, v in rows.items()}
+  learner = np.asarray(sequence_logprobs(params, cfg, batch, entropy=False)[0])
+  gap = np.abs(learner - rows["behaviour_logprobs"])[rows["loss_mask"] > 0]
+  return gap.max(), gap.mean()
+
+
+def test_logprobs_match_learner_recompute_float32(params):
+  out = engine(params, PROMPTS, temperature=1.0, n=2, top_p=0.9)[0]
+  worst, mean = logprob_gap(params, CFG, PROMPTS, out)
+  assert worst <= 1e-5, (worst, mean)
+
+
+def test_sampling_is_deterministic_and_independent_of_slots(params):
+  kw = dict(temperature=1.5, top_k=20, n=3)
+  a = engine(params, PROMPTS, seed=3, **kw)[0]
+  b = engine(params, PROMPTS, seed=3, ecfg=EngineConfig(slots=9, page_size=8, steps_per_sync=5),
+             **kw)[0]
+  assert_same(a, b)
+  assert len({tuple(r) for r in a.tokens[:3]}) > 1  # samples of a group differ
+  c = engine(params, PROMPTS, seed=4, **kw)[0]
+  assert not np.array_equal(a.tokens, c.tokens)
+  k1 = engine(params, PROMPTS, top_k=1)[0]
+  np.testing.assert_array_equal(k1.tokens, engine(params, PROMPTS, greedy=True)[0].tokens)
+
+
+def test_pages_shared_by_a_group_and_all_freed(params):
+  ecfg = EngineConfig(slots=8, page_size=4, steps_per_sync=4)
+  prompt = [list(range(3, 19))]  # 16 tokens: 4 full pages, no partial page
+  eng = Engine(CFG, SamplingConfig(max_new_tokens=4, greedy=True, n=8), pad_id=PAD, eos_id=-1,
+               engine=ecfg, max_prompt_len=16)
+  _, st = eng.run(params, prompt, jax.random.PRNGKey(0))
+  # 4 shared prompt pages + 8 samples x 1 page for positions 16..18.
+  assert st.peak_pages == 4 + 8 and st.end_pages == 0
+  # 18 tokens: the partial last page is kept by sample 1 and copied for samples 2..8, then each
+  # sample takes one page for positions 20..
+  prompt = [list(range(3, 21))]
+  _, st = eng.run(params, prompt, jax.random.PRNGKey(0))
+  assert st.peak_pages == 4 + 8 + 8 and st.end_pages == 0
+  # A pool too small for one group is an error, not a hang.
+  small = Engine(CFG, SamplingConfig(max_new_tokens=4, greedy=True, n=8), pad_id=PAD, eos_id=-1,
+                 engine=EngineConfig(slots=8, page_size=4, num_pages=8), max_prompt_len=16)
+  with pytest.raises(ValueError, match="pages"):
+    small.run(params, prompt, jax.random.PRNGKey(0))
+
+
+def test_small_pool_runs_rows_in_turn(params):
+  # Room for about one row's worst case at a time: rows wait for pages, results unchanged.
+  ecfg = EngineConfig(slots=4, page_size=4, num_pages=10, steps_per_sync=4)
+  out, st = engine(params, PROMPTS, ecfg=ecfg, greedy=True)
+  assert st.peak_pages <= 10
+  assert_same(out, static(params, PROMPTS, greedy=True))
+
+
+def test_entry_attention_equals_gqa_attention():
+  rng = np.random.default_rng(0)
+  s, h, kv, d, ps, npages = 3, 4, 2, 8, 4, 10
+  k_pages = rng.normal(size=(npages, kv, d, ps)).astype(np.float32)
+  v_pages = rng.normal(size=(npages, kv, ps, d)).astype(np.float32)
+  table = np.array([[3, 7, 1], [2, 0, 0], [9, 4, 5]], np.int32)
+  lengths = np.array([10, 3, 12], np.int32)
+  owned = np.array([3, 1, 3])
+  slot, col = np.nonzero(np.arange(3)[None] < owned[:, None])
+  pad = 4  # entries of no slot, pointing at page 0
+  entries = paged.Entries(jnp.asarray(np.r_[table[slot, col], [0] * pad].astype(np.int32)),
+                          jnp.asarray(np.r_[slot, [s] * pad].astype(np.int32)),
+                          jnp.asarray(np.r_[col * ps, [0] * pad].astype(np.int32)))
+  q = rng.normal(size=(s, h, d)).astype(np.float32)
+  got = paged.entry_attention(jnp.asarray(q), jnp.asarray(k_pages), jnp.asarray(v_pages), entries,
+                              jnp.asarray(lengths))
+  # Reference: each row's keys laid out contiguously, attended by the model's attention.
+  keys = np.transpose(k_pages[table], (0, 1, 4, 2, 3)).reshape(s, 3 * ps, kv, d)
+  vals = np.transpose(v_pages[table], (0, 1, 3, 2, 4)).reshape(s, 3 * ps, kv, d)
+  mask = (np.arange(3 * ps)[None] < lengths[:, None])[:, None]
+  ref = L.gqa_attention(jnp.asarray(q)[:, None], jnp.asarray(keys), jnp.asarray(vals),
+                        jnp.asarray(mask))[:, 0]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+  assert paged.attention_impl() == ("pallas" if jax.default_backend() == "tpu" else "xla")
+
+
+def test_sharded_engine_equals_single_device(params):
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = sharding.shard_params(params, CFG, mesh)
+  ecfg = EngineConfig(slots=8, page_size=4, steps_per_sync=4)
+  a = engine(params, PROMPTS, ecfg=ecfg, greedy=True, n=2, max_new_tokens=8)[0]
+  b = engine(sharded, PROMPTS, ecfg=ecfg, greedy=True, n=2, max_new_tokens=8, mesh=mesh)[0]
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_generate_dispatches_on_sampling_engine(params):
+  kw = dict(max_new_tokens=6, greedy=True, n=2)
+  a = dispatch(params, CFG, PROMPTS[:3], SamplingConfig(**kw), jax.random.PRNGKey(0), pad_id=PAD,
+               eos_id=-1)
+  b = dispatch(params, CFG, PROMPTS[:3], SamplingConfig(engine="static", **kw),
+               jax.random.PRNGKey(0), pad_id=PAD, eos_id=-1)
+  assert SamplingConfig().engine == "paged"
+  assert_same(a, b)
+  with pytest.raises(ValueError, match="engine"):
+    SamplingConfig(engine="lockstep")
+
+
+def test_logprob_gap_metric_over_masked_tokens():
+  from reasoner.losses.logprobs import logprob_gap
+  learner = np.array([[0.0, -1.0, -2.0], [-0.5, -0.25, 0.0]])
+  sampled = np.array([[9.0, -1.5, -2.0], [-0.5, -0.0, 7.0]])
+  mask = np.array([[0, 1, 1], [1, 1, 0]])
+  got = logprob_gap(learner, sampled, mask)
+  assert got == {"logprob_gap/max": 0.5, "logprob_gap/mean": 0.1875}
+  assert logprob_gap(learner, sampled, np.zeros_like(mask)) == {}
