@@ -40,6 +40,15 @@ from reasoner.model.config import ModelConfig
 from reasoner.sampling import decode_model, paged, sampler
 from reasoner.sampling.config import SamplingConfig
 from reasoner.sampling.sampler import SampleOutput, _check_prompts, bucket
+from reasoner.sharding import to_host
+
+
+def _host_rows(arr: jax.Array, rows: np.ndarray) -> np.ndarray:
+  """arr[rows] on the host; on several processes (a global array no process holds whole) the
+  array is gathered first, so every process gets the same rows."""
+  if arr.is_fully_addressable:
+    return np.asarray(jax.device_get(arr[jnp.asarray(rows)]))
+  return to_host(arr)[rows]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,13 +248,12 @@ class Engine:
                                               self._entries(table, slot_owned, busy))
       stats.decode_calls += 1
       stats.decode_steps += steps
-      live, count = jax.device_get((slots.live, slots.count))
+      live, count = to_host(slots.live), to_host(slots.count)
       slot_len = np.where(busy, slot_start + count, 0)
       finished = np.flatnonzero(busy & ~live)
       if len(finished):
-        idx = jnp.asarray(finished)
-        got = jax.device_get((slots.tokens[idx], slots.logprobs[idx], slots.sample_logprobs[idx],
-                              slots.injected[idx], slots.done[idx]))
+        got = [_host_rows(a, finished) for a in (slots.tokens, slots.logprobs,
+                                                 slots.sample_logprobs, slots.injected, slots.done)]
         for r, s in enumerate(finished):
           row = slot_row[s]
           for key, arr in zip(("tokens", "logprobs", "sample_logprobs", "injected"), got[:4]):
