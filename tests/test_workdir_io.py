@@ -43,7 +43,10 @@ class _FakeGCS(backend_lib.Backend):
     return ["gs://" + p[len(prefix):] for p in backend_lib.os_backend.glob(self._local(path))]
 
   def walk(self, top, *, top_down=True, on_error=None):
-    raise NotImplementedError
+    prefix = self.root.rstrip("/") + "/"
+    for root, dirs, files in backend_lib.os_backend.walk(self._local(top), top_down=top_down,
+                                                         on_error=on_error):
+      yield "gs://" + root[len(prefix):], dirs, files
 
   def makedirs(self, path, *, exist_ok=False, mode=0o777):
     return backend_lib.os_backend.makedirs(self._local(path), exist_ok=exist_ok, mode=mode)
