@@ -78,7 +78,7 @@ def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):
                                  distill_cfg.temperature, distill_cfg.max_new_tokens,
                                  jax.random.fold_in(rng, 0))
   log(f"[distill] rejection sampling: {stats['correct']}/{stats['sampled']} correct "
-        f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept")
+      f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept")
   if ctx.writer is not None:
     ctx.writer.write("distill", 0, stats)
   return run_supervised(student_ctx, "distill", student_params, kept, distill_cfg,

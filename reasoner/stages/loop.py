@@ -135,13 +135,16 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
       state, metrics = step_fn(state, step, step_rng(rng, step))
       done = step + 1
       window_steps += 1
-      if "n_tokens" in metrics:  # loss tokens of the step (a host sync only where it is logged)
-        window_tokens += float(metrics["n_tokens"])
-      if "skipped" in metrics and float(metrics["skipped"]) > 0:
+      # The step's loss tokens and skip flag, in one device-to-host read (the skip rule needs
+      # every step's flag).
+      n_tokens, skipped = jax.device_get((metrics.get("n_tokens", 0.0),
+                                          metrics.get("skipped", 0.0)))
+      window_tokens += float(n_tokens)
+      if float(skipped) > 0:
         skipped_in_a_row += 1
         skipped_total += 1
         log(f"[{stage}] step {done}: non-finite loss or gradient, update skipped "
-              f"({skipped_in_a_row} in a row, {skipped_total} in all)")
+            f"({skipped_in_a_row} in a row, {skipped_total} in all)")
         if skipped_in_a_row >= max_skipped:
           mgr.wait()
           raise NonFiniteError(f"[{stage}] {skipped_in_a_row} non-finite steps in a row (up to step "
@@ -172,7 +175,7 @@ def train_loop(stage: str, state: TrainState, step_fn: Callable, n_steps: int, *
         mgr.wait()
         mgr.close()
         log(f"[{stage}] SIGTERM: checkpointed step {done}/{n_steps}; rerun the same command "
-              f"to resume")
+            f"to resume")
         sys.exit(143)
   mgr.wait()
   mgr.close()

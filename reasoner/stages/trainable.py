@@ -64,8 +64,8 @@ def init_stage_state(ctx: StageContext, stage: str, params, optimizer) -> TrainS
   adapters = jax.jit(lambda r: lora.init_lora(model_cfg, r), out_shardings=shardings)(rng)
   n_base = sum(x.size for x in jax.tree.leaves(base))
   log(f"[{stage}] LoRA rank {model_cfg.lora_rank} (alpha {model_cfg.lora_alpha:g}) on "
-        f"{','.join(lora.lora_targets(model_cfg))}: training {lora.lora_param_count(model_cfg):,} adapter "
-        f"params on a frozen {model_cfg.param_dtype} base of {n_base:,}")
+      f"{','.join(lora.lora_targets(model_cfg))}: training {lora.lora_param_count(model_cfg):,} adapter "
+      f"params on a frozen {model_cfg.param_dtype} base of {n_base:,}")
   return init_train_state(adapters, optimizer, mesh=ctx.mesh, param_shardings=shardings,
                           frozen=base, frozen_shardings=None if ctx.mesh is None
                           else ctx.param_shardings)
