@@ -152,6 +152,10 @@ def tiny() -> ConfigDict:
   # Held-out evaluation of every stage's model: `n_problems` test problems, greedy and `k`
   # samples at `temperature` (pass@1, maj@k, pass@k), `batch_size` rows per sampler call.
   c.eval = ConfigDict(dict(n_problems=256, k=4, temperature=1.0, max_new_tokens=64, batch_size=256))
+  # Which split the evaluation reads: "test" (what the report and README show) or "validation"
+  # (for choosing settings: a tuning run passes --config.eval.split=validation). Every task has
+  # the three splits train / validation / test (reasoner/data/tasks/base.py).
+  c.eval.split = "test"
   # The hardware the run is planned for (`python -m launch.plan`): `devices` chips of `memory_gib`
   # each; a program fits when its per-device peak (plus the buffers the stage keeps alive beside
   # it) stays under `budget_gib`, the share of memory we allow ourselves (the rest is headroom for

@@ -1,6 +1,8 @@
 """Procedural tasks (determinism, held-out splits, reference solutions, checkers) and datasets."""
 
+import collections
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from reasoner.data import (DatasetFormatError, PreferencePair, Problem, TASKS, get_task,
                            load_gsm8k, load_jsonl_preferences, load_jsonl_problems, mixture,
                            parse_gsm8k_answer, split_of_key)
-from reasoner.data.tasks import check_expression
+from reasoner.data.tasks import SPLITS, check_expression
 from reasoner.rewards.format import format_reward
 
 TASK_NAMES = sorted(TASKS)
@@ -35,7 +37,7 @@ def test_unknown_task_lists_valid_names():
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_bad_arguments(name):
   with pytest.raises(ValueError):
-    get_task(name).generate("validation", 2, seed=0)
+    get_task(name).generate("dev", 2, seed=0)
   with pytest.raises(ValueError):
     get_task(name).generate("train", 2, seed=0, difficulty=0)
 
@@ -55,20 +57,22 @@ def test_deterministic_and_seed_dependent(name):
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_splits_never_overlap(name):
   task = get_task(name)
-  keys = {"train": set(), "test": set()}
-  prompts = {"train": set(), "test": set()}
+  keys = {split: set() for split in SPLITS}
+  prompts = {split: set() for split in SPLITS}
   for difficulty in range(1, task.max_difficulty + 2):  # one past the max: clamped
     for seed in range(3):
-      for split in ("train", "test"):
+      for split in SPLITS:
         problems = task.generate(split, 60, seed=seed, difficulty=difficulty)
         call_keys = [p.meta["key"] for p in problems]
         assert len(set(call_keys)) == len(call_keys)  # deduplicated within a call
         for p in problems:
-          assert split_of_key(p.meta["key"], task.test_fraction) == split == p.meta["split"]
+          assert split_of_key(p.meta["key"], task.test_fraction,
+                              task.validation_fraction) == split == p.meta["split"]
         keys[split].update(call_keys)
         prompts[split].update(p.prompt for p in problems)
-  assert not keys["train"] & keys["test"]
-  assert not prompts["train"] & prompts["test"]
+  for a, b in itertools.combinations(SPLITS, 2):
+    assert not keys[a] & keys[b], (a, b)
+    assert not prompts[a] & prompts[b], (a, b)
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -77,10 +81,30 @@ def test_test_split_has_thousands_of_problems(name):
   assert len({p.meta["key"] for p in problems}) == 1500
 
 
-def test_split_fraction_is_about_ten_percent():
+def test_split_fractions_are_about_ten_percent_each():
   keys = [f"k{i}" for i in range(20000)]
-  share = sum(split_of_key(k) == "test" for k in keys) / len(keys)
-  assert 0.09 < share < 0.11
+  splits = collections.Counter(split_of_key(k) for k in keys)
+  assert 0.09 < splits["test"] / len(keys) < 0.11
+  assert 0.09 < splits["validation"] / len(keys) < 0.11
+  assert splits["train"] + splits["test"] + splits["validation"] == len(keys)
+
+
+def test_validation_takes_its_share_from_train_only():
+  """The test keys are the same as under a two-way split with the same test fraction: adding
+  the validation split moved no test problem."""
+  keys = [f"k{i}" for i in range(5000)]
+  three_way = [split_of_key(k) for k in keys]
+  two_way = [split_of_key(k, validation_fraction=0.0) for k in keys]
+  assert [s == "test" for s in three_way] == [s == "test" for s in two_way]
+  assert set(two_way) == {"train", "test"}
+  assert all(t == "train" for s, t in zip(three_way, two_way) if s == "validation")
+
+
+def test_split_fraction_errors():
+  with pytest.raises(ValueError, match="sum to <= 1"):
+    split_of_key("k", test_fraction=0.6, validation_fraction=0.5)
+  with pytest.raises(ValueError, match="split must be one of"):
+    get_task("arithmetic").generate("valid", 3, seed=0)
 
 
 # --------------------------------------------------------------------- solutions and checkers
@@ -90,7 +114,7 @@ def test_split_fraction_is_about_ten_percent():
 def test_reference_solutions_pass_their_checker(name):
   task = get_task(name)
   for difficulty in range(1, task.max_difficulty + 1):
-    for split in ("train", "test"):
+    for split in SPLITS:
       for p in task.generate(split, 40, seed=7, difficulty=difficulty):
         assert p.task == name
         assert p.solution.startswith("<think>") and p.solution.endswith("</answer>")
@@ -283,3 +307,17 @@ def test_gsm8k_like_records_are_gsm8k_format_and_load_from_jsonl(tmp_path):
   assert [p.answer for p in problems] == [parse_gsm8k_answer(r["answer"])[1] for r in records]
   assert all(p.task == "gsm8k" and is_correct(p, p.solution) for p in problems)
   assert not is_correct(problems[0], "<think>x</think><answer>-1</answer>")
+
+
+def test_jsonl_source_has_three_disjoint_splits(tmp_path):
+  """A JSONL problem source: the last 10% of lines is test, the 10% before it validation."""
+  from reasoner.stages.context import _real_problems  # pylint: disable=import-outside-toplevel
+  path = _write(tmp_path, [json.dumps({"prompt": f"q{i}", "answer": str(i)}) for i in range(40)],
+                name="three.jsonl")
+  got = {split: [p.prompt for p in _real_problems("jsonl", str(path), split)] for split in SPLITS}
+  assert got["test"] == ["q36", "q37", "q38", "q39"]
+  assert got["validation"] == ["q32", "q33", "q34", "q35"]
+  assert got["train"] == [f"q{i}" for i in range(32)]
+  small = _write(tmp_path, [json.dumps({"prompt": "q", "answer": "1"})] * 2, name="two.jsonl")
+  with pytest.raises(ValueError, match="two.jsonl: 2 problem"):
+    _real_problems("jsonl", str(small), "train")

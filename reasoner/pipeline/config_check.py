@@ -25,6 +25,7 @@ _DATACLASS_BLOCKS = {
 _CHOICES = {
     "data.source": ("procedural", "gsm8k", "jsonl"),
     "distill.init_from": tuple(INIT_MODELS),
+    "eval.split": ("test", "validation"),
     "tokenizer.kind": ("sentencepiece", "from_init", "dir"),
 }
 _POSITIVE = (

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 from reasoner import sharding
 from reasoner.data.datasets import load_gsm8k, load_jsonl_problems
 from reasoner.data.problem import Problem
-from reasoner.data.tasks import mixture
+from reasoner.data.tasks import SPLITS, mixture, split_of_key
 from reasoner.io import join, makedirs
 from reasoner.io.metrics_log import MetricsWriter
 from reasoner.model.config import ModelConfig
@@ -82,7 +82,10 @@ class StageContext:
 
   # ---- problems ----------------------------------------------------------------------------
   def problems(self, split: str, n: int, *seed_parts) -> list[Problem]:
-    """`n` problems of `split`, deterministic in (config.seed, seed_parts)."""
+    """`n` problems of `split` (train, validation or test), deterministic in (config.seed,
+    seed_parts)."""
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     d = self.config.data
     seed = stable_seed(self.config.seed, split, *seed_parts)
     if d.source == "procedural":
@@ -98,18 +101,33 @@ _POOLS: dict = {}
 
 
 def _real_problems(source: str, path: str, split: str) -> list[Problem]:
+  """A real source's problems of `split`. GSM8K: its test split is test; its train split is cut
+  by a hash of the question into validation (10%) and train. JSONL: the file's last 10% (at
+  least one line) is test, the 10% before it validation, the rest train."""
   key = (source, path, split)
   if key not in _POOLS:
     if source == "gsm8k":
-      _POOLS[key] = load_gsm8k("train" if split == "train" else "test", data_dir=path or None)
-    else:  # jsonl: the last 10% of the file (at least one line) is held out
+      if split == "test":
+        _POOLS[key] = load_gsm8k("test", data_dir=path or None)
+      else:
+        rows = load_gsm8k("train", data_dir=path or None)
+        _POOLS[key] = [p for p in rows
+                       if split_of_key(p.prompt, test_fraction=0.0) == split]
+    else:
       rows = load_jsonl_problems(path)
+      if len(rows) < 3:
+        raise ValueError(f"{path}: {len(rows)} problem(s); a JSONL source needs at least 3 (train, "
+                         "validation and test take 80/10/10% of the lines)")
       cut = max(1, len(rows) // 10)
-      _POOLS[key] = rows[:-cut] if split == "train" else rows[-cut:]
+      parts = {"train": rows[:-2 * cut], "validation": rows[-2 * cut:-cut], "test": rows[-cut:]}
+      _POOLS[key] = parts[split]
     if not _POOLS[key]:
       raise ValueError(f"no {split} problems in data source {source!r} ({path or 'default location'})")
   return _POOLS[key]
 
 
-def held_out_problems(ctx: StageContext, n: Optional[int] = None) -> list[Problem]:
-  return ctx.problems("test", n or ctx.config.eval.n_problems, "eval")
+def held_out_problems(ctx: StageContext, n: Optional[int] = None,
+                      split: Optional[str] = None) -> list[Problem]:
+  """The evaluation problems: `n` (default eval.n_problems) of `split` (default eval.split:
+  "test" for the reported numbers, "validation" for choosing settings)."""
+  return ctx.problems(split or ctx.config.eval.split, n or ctx.config.eval.n_problems, "eval")

@@ -1,7 +1,7 @@
 """Registry of procedural, verifiable tasks: `get_task(name)`, `TASKS`, `mixture(...)`."""
 
 from reasoner.data.tasks.arithmetic import ArithmeticTask
-from reasoner.data.tasks.base import SPLITS, TEST_FRACTION, Task, split_of_key
+from reasoner.data.tasks.base import SPLITS, TEST_FRACTION, VALIDATION_FRACTION, Task, split_of_key
 from reasoner.data.tasks.countdown import CountdownTask, check_expression
 from reasoner.data.tasks.linear_equation import LinearEquationTask
 from reasoner.data.tasks.mixture import mixture

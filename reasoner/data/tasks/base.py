@@ -1,9 +1,10 @@
-"""Base class of procedural tasks: seeded generation, hash-based held-out split, checking.
+"""Base class of procedural tasks: seeded generation, hash-based splits, checking.
 
 A subclass implements `sample(rng, difficulty) -> Problem` whose `meta["key"]` is the
 canonical content of the problem (its numbers and operations, not its wording). The split of
-a problem is a pure function of that key (`split_of_key`), so a test problem can never be
-generated for training, whatever the seed or difficulty.
+a problem (train, validation or test) is a pure function of that key (`split_of_key`), so a
+validation or test problem can never be generated for training, whatever the seed or
+difficulty. Settings are chosen on validation; test is what the report shows.
 """
 
 from __future__ import annotations
@@ -15,16 +16,27 @@ import random
 from reasoner.data.problem import Problem
 from reasoner.verify.answers import answers_equal, extract_answer
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 TEST_FRACTION = 0.1
+VALIDATION_FRACTION = 0.1
 _HASH_BUCKETS = 1 << 32
 
 
-def split_of_key(key: str, test_fraction: float = TEST_FRACTION) -> str:
-  """'test' for a stable pseudo-random `test_fraction` of keys, 'train' for the rest."""
+def split_of_key(key: str, test_fraction: float = TEST_FRACTION,
+                 validation_fraction: float = VALIDATION_FRACTION) -> str:
+  """'test' for a stable pseudo-random `test_fraction` of keys, 'validation' for the next
+  `validation_fraction`, 'train' for the rest. (The test keys are those of the two-way split
+  this replaced: adding validation took its share from train only.)"""
+  if test_fraction < 0 or validation_fraction < 0 or test_fraction + validation_fraction > 1:
+    raise ValueError(f"split fractions must be >= 0 and sum to <= 1, got test={test_fraction}, "
+                     f"validation={validation_fraction}")
   digest = hashlib.sha256(key.encode("utf-8")).digest()
   bucket = int.from_bytes(digest[:4], "big")
-  return "test" if bucket < test_fraction * _HASH_BUCKETS else "train"
+  if bucket < test_fraction * _HASH_BUCKETS:
+    return "test"
+  if bucket < (test_fraction + validation_fraction) * _HASH_BUCKETS:
+    return "validation"
+  return "train"
 
 
 class Task(abc.ABC):
@@ -33,13 +45,14 @@ class Task(abc.ABC):
   name: str = ""
   max_difficulty: int = 1  # difficulties above this are clamped to it
   test_fraction: float = TEST_FRACTION
+  validation_fraction: float = VALIDATION_FRACTION
 
   @abc.abstractmethod
   def sample(self, rng: random.Random, difficulty: int) -> Problem:
     """One random problem at this difficulty; meta["key"] is its canonical content."""
 
   def split_of(self, problem: Problem) -> str:
-    return split_of_key(problem.meta["key"], self.test_fraction)
+    return split_of_key(problem.meta["key"], self.test_fraction, self.validation_fraction)
 
   def generate(self, split: str, n: int, seed: int, difficulty: int = 1) -> list[Problem]:
     """n distinct problems of one split, deterministic in (split, n, seed, difficulty)."""
@@ -58,7 +71,7 @@ class Task(abc.ABC):
         break
       problem = self.sample(rng, level)
       key = problem.meta["key"]
-      if key in seen or split_of_key(key, self.test_fraction) != split:
+      if key in seen or self.split_of(problem) != split:
         continue
       seen.add(key)
       problem.meta["split"] = split
