@@ -44,6 +44,10 @@ def tiny() -> ConfigDict:
   c.stages = "all"
   # R1-Zero: GRPO straight from M0 (skips SFT).
   c.r1_zero = False
+  # Controls (the study sets this): also make M1 + GRPO's SFT replay updates alone (the
+  # `replay_control` stage) and evaluate M1 at the temperature of eval.control_temperatures with
+  # the best validation pass@1, so that M2's gain can be read against both.
+  c.controls = False
 
   # The decoder (reasoner.model.config.ModelConfig: every field is documented there).
   c.model = ConfigDict(MODEL_PRESETS["tiny"])
@@ -156,6 +160,8 @@ def tiny() -> ConfigDict:
   # (for choosing settings: a tuning run passes --config.eval.split=validation). Every task has
   # the three splits train / validation / test (reasoner/data/tasks/base.py).
   c.eval.split = "test"
+  # Temperatures M1 is tried at on validation for the best-temperature control (config.controls).
+  c.eval.control_temperatures = "0.25,0.5,0.75,1.0"
   # The hardware the run is planned for (`python -m launch.plan`): `devices` chips of `memory_gib`
   # each; a program fits when its per-device peak (plus the buffers the stage keeps alive beside
   # it) stays under `budget_gib`, the share of memory we allow ourselves (the rest is headroom for

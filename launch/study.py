@@ -4,6 +4,11 @@
   python -m launch.study --config=configs/pipeline.py:tiny --workdir=runs/study --seeds=3 \
       --parallel=3 --config.grpo.steps=100
 
+Every seed also makes the controls (`--controls`, default on): M1 at the temperature with the best
+validation pass@1, and M1 trained with GRPO's SFT replay updates alone; the table has a row for
+each, and the paired per-seed gains of M2 over M1 and over each control are printed with their
+interval and a verdict (gain / within noise / loss).
+
 Seed s runs in WORKDIR/seed_s (a rerun resumes each one, and skips finished ones); `--parallel`
 runs that many seeds at once, each in its own process. The summary goes to WORKDIR/study.json
 and is printed as a table (reasoner/pipeline/study.py has the statistics).
@@ -26,6 +31,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the seeds' runs a
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Number of seeds (first_seed, first_seed + 1, ...).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Seeds run at once, one process each.")
+_CONTROLS = flags.DEFINE_bool("controls", True, "Also run the controls (config.controls): M1 at "
+                              "its best validation temperature, and M1 + GRPO's replay updates "
+                              "alone; the gains of M2 over each are printed with their interval.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,8 +45,10 @@ def run_seed(config, workdir: str) -> dict:
   return read_json(os.path.join(workdir, "report.json"))
 
 
-def run_study(config, workdir: str, seeds, parallel: int = 1, log=print) -> dict:
-  """Runs every seed, writes WORKDIR/study.json, returns the summary."""
+def run_study(config, workdir: str, seeds, parallel: int = 1, log=print,
+              controls: bool = True) -> dict:
+  """Runs every seed (with the controls unless `controls` is False), writes WORKDIR/study.json,
+  returns the summary."""
   from reasoner.io import write_json  # pylint: disable=import-outside-toplevel
   from reasoner.pipeline import study  # pylint: disable=import-outside-toplevel
   from reasoner.pipeline.config_check import validate_config  # pylint: disable=import-outside-toplevel
@@ -47,6 +57,7 @@ def run_study(config, workdir: str, seeds, parallel: int = 1, log=print) -> dict
   for seed in seeds:
     seed_config = config.copy_and_resolve_references()
     seed_config.seed = int(seed)
+    seed_config.controls = bool(controls)
     jobs.append((seed_config, os.path.join(workdir, f"seed_{seed}")))
   if parallel > 1:
     context = multiprocessing.get_context("spawn")  # jax does not survive a fork
@@ -54,10 +65,13 @@ def run_study(config, workdir: str, seeds, parallel: int = 1, log=print) -> dict
       reports = list(pool.map(run_seed, *zip(*jobs)))
   else:
     reports = [run_seed(c, w) for c, w in jobs]
-  summary = study.aggregate(reports)
+  summary, gains = study.aggregate(reports), study.gains(reports)
   write_json(os.path.join(workdir, "study.json"),
-             {"seeds": [int(s) for s in seeds], "preset": config.preset, "summary": summary})
+             {"seeds": [int(s) for s in seeds], "preset": config.preset, "summary": summary,
+              "gains": gains})
   log(study.format_study(summary, len(reports)))
+  if gains:
+    log("\n" + study.format_gains(gains))
   log(f"\nstudy: {os.path.join(workdir, 'study.json')}")
   return summary
 
@@ -70,7 +84,8 @@ def main(argv):
   cli.check_inputs(_CONFIG, _WORKDIR.value)
   seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
   try:
-    run_study(_CONFIG.value, _WORKDIR.value, seeds, max(1, _PARALLEL.value))
+    run_study(_CONFIG.value, _WORKDIR.value, seeds, max(1, _PARALLEL.value),
+              controls=_CONTROLS.value)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
 

@@ -113,3 +113,36 @@ def test_preference_metrics_against_hand_computed_log_probs(tmp_path, arith_toke
   assert got["pref_acc"] == pytest.approx(np.mean(c > r))
   assert got["reward_acc"] == pytest.approx(np.mean((c - rc) > (r - rr)))
   assert preference_metrics(ctx, params, params, pairs, 64)["reward_acc"] == 0.5
+
+
+def test_replay_control_runs_grpos_replay_updates_alone(tmp_path, arith_tokenizer):
+  """The control stage applies exactly GRPO's replay batches, in GRPO's order and number
+  (steps x epochs x minibatches), with GRPO's optimiser and weight: the same params as those
+  updates applied by hand, and never the policy loss."""
+  from reasoner.stages.replay_control import replay_only_loss, run_replay_control
+  from reasoner.train import make_train_step
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean")
+  ctx.config.grpo.update(dict(steps=2, minibatches=2, epochs=1, replay_weight=0.5,
+                              replay_batch_size=4, replay_problems=20))
+  got = jax.device_get(run_replay_control(ctx, params, jax.random.PRNGKey(3)))
+  rows = [r for r in ctx.writer.read("replay_control") if r["step"] > 0]
+  assert rows and rows[-1]["step"] == 2 and "pg_loss" not in rows[-1]
+
+  opt = make_optimizer(ctx.config.grpo.optim)
+  loss_fn = lambda p, b, r: replay_only_loss(p, b, r, model_cfg=MODEL, weight=0.5)
+  step = make_train_step(loss_fn, opt, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  state = init_train_state(params, opt, mesh=ctx.mesh, param_shardings=ctx.param_shardings)
+  replay = make_replay(ctx)
+  for s in range(2):
+    for k in range(2):
+      state, m = step(state, replay(s, k), jax.random.PRNGKey(0))  # the SFT loss draws no rng
+  want = jax.device_get(state.params)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  assert any(np.any(np.asarray(x) != np.asarray(y))
+             for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(jax.device_get(params))))
+  np.testing.assert_allclose(m["loss"], 0.5 * m["replay_loss"], rtol=1e-6)
+
+  ctx.config.grpo.replay_weight = 0.0
+  with pytest.raises(ValueError, match="replay_weight > 0"):
+    run_replay_control(ctx, params, jax.random.PRNGKey(3))

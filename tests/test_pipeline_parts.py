@@ -75,6 +75,20 @@ def test_stage_resolution():
   assert "sft" not in resolve_stages(cfg)
 
 
+def test_control_stage_runs_under_controls_or_when_named():
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.controls = True
+  assert resolve_stages(cfg) == ["pretrain", "sft", "grpo", "distill", "dpo", "replay_control"]
+  cfg.grpo.replay_weight = 0.0  # no replay term: nothing to control for
+  assert "replay_control" not in resolve_stages(cfg)
+  cfg = pipeline_configs.get_config("tiny")
+  cfg.stages = "replay_control"
+  assert resolve_stages(cfg) == ["replay_control"]
+  cfg.eval.control_temperatures = "0.5,-1"
+  with pytest.raises(ValueError, match="control_temperatures"):
+    validate_config(cfg)
+
+
 def test_rollout_rows_layout():
   rows = rollout_rows([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], seq_len=6, pad_id=0,
                       injected=[np.array([False, True]), np.array([False, False, False])])

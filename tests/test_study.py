@@ -61,7 +61,7 @@ def test_study_launcher_runs_every_seed_and_summarises(tmp_path):
          f"--workdir={tmp_path}", "--seeds=2", "--parallel=2", "--config.stages=pretrain,sft",
          "--config.pretrain.steps=4", "--config.pretrain.n_documents=200", "--config.sft.steps=4",
          "--config.sft.n_examples=64", "--config.eval.n_problems=8", "--config.eval.k=2",
-         "--config.eval.max_new_tokens=16"]
+         "--config.eval.max_new_tokens=16", "--config.eval.control_temperatures=0.5,1.0"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "XLA_FLAGS": ""})
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -73,7 +73,38 @@ def test_study_launcher_runs_every_seed_and_summarises(tmp_path):
   values = [r["models"]["sft"]["pass@1"] for r in reports]
   assert sft["pass@1"]["values"] == values and sft["pass@1"]["mean"] == pytest.approx(np.mean(values))
   assert "2 seeds, mean +- 95% CI" in out.stdout and "M1 SFT" in out.stdout
+  # The best-temperature control: the temperature with the best validation pass@1 (ties: the
+  # lower), evaluated on the same test problems as M1.
+  for r in reports:
+    best = r["models"]["sft@best_t"]
+    sweep = {float(t): v for t, v in best["validation_pass_at_1"].items()}
+    assert set(sweep) == {0.5, 1.0}
+    assert best["temperature"] == min(t for t in sweep if sweep[t] == max(sweep.values()))
+    assert best["n_problems"] == r["models"]["sft"]["n_problems"] == 8
+    assert best["greedy_acc"] == r["models"]["sft"]["greedy_acc"]  # greedy has no temperature
+  assert "M1 @ best T" in out.stdout and "sft@best_t" in saved["summary"]
 
   bad = subprocess.run([*cmd[:5], "--seeds=1"], cwd=REPO, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "XLA_FLAGS": ""})
   assert bad.returncode == 1 and "at least 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_paired_gains_and_verdicts():
+  models = lambda m1, m2, ctrl: {"sft": {"pass@1": m1, "greedy_acc": 0.4},
+                                 "grpo": {"pass@1": m2, "greedy_acc": 0.4},
+                                 "replay_control": {"pass@1": ctrl, "greedy_acc": 0.45}}
+  reports = [{"models": models(*v)} for v in ((0.30, 0.40, 0.39), (0.20, 0.31, 0.33),
+                                              (0.25, 0.36, 0.34))]
+  g = study.gains(reports)
+  assert list(g) == ["grpo-sft", "grpo-replay_control"]  # no run has the other models
+  assert g["grpo-sft"]["pass@1"]["values"] == pytest.approx([0.10, 0.11, 0.11])
+  diffs = [0.01, -0.02, 0.02]
+  assert g["grpo-replay_control"]["pass@1"]["values"] == pytest.approx(diffs)
+  sd = np.std(diffs, ddof=1)
+  assert g["grpo-replay_control"]["pass@1"]["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3))
+  assert g["grpo-replay_control"]["greedy_acc"]["mean"] == pytest.approx(-0.05)
+  assert study.verdict(10.7, 1.4) == "gain" and study.verdict(0.3, 5.0) == "within noise"
+  assert study.verdict(-3.0, 1.0) == "loss" and "no interval" in study.verdict(1.0, float("nan"))
+  text = study.format_gains(g)
+  assert "M2 GRPO - M1 SFT" in text and "pass@1 +10.7" in text and "(gain)" in text
+  assert "M2 GRPO - M1 + replay" in text and "(within noise)" in text

@@ -11,6 +11,7 @@ from reasoner.losses.dpo import DPOConfig
 from reasoner.losses.grpo import GRPOConfig
 from reasoner.model.config import ModelConfig
 from reasoner.rewards.composite import RewardConfig
+from reasoner.stages import STAGES as STAGE_TABLE
 from reasoner.stages import STAGE_NAMES as STAGES
 from reasoner.stages.distill import INIT_MODELS
 from reasoner.train.optim import as_optim_config
@@ -49,10 +50,15 @@ def _get(config, dotted: str):
 def resolve_stages(config) -> list[str]:
   """The stages to run, in pipeline order."""
   raw = str(config.stages).strip()
-  names = list(STAGES) if raw in ("all", "") else [s.strip() for s in raw.split(",") if s.strip()]
+  if raw in ("all", ""):
+    names = [s.name for s in STAGE_TABLE if not s.control or config.get("controls", False)]
+  else:
+    names = [s.strip() for s in raw.split(",") if s.strip()]
   unknown = [s for s in names if s not in STAGES]
   if unknown:
     raise ValueError(f"config.stages: unknown stage(s) {unknown}; valid: {', '.join(STAGES)} or 'all'")
+  if raw in ("all", "") and (config.r1_zero or not config.grpo.replay_weight):
+    names = [s for s in names if s != "replay_control"]  # no replay term to control for
   if config.r1_zero:
     names = [s for s in names if s != "sft"]
   if config.init != "pretrain":
@@ -60,9 +66,23 @@ def resolve_stages(config) -> list[str]:
   return [s for s in STAGES if s in names]
 
 
+def control_temperatures(config: ConfigDict) -> list[float]:
+  """config.eval.control_temperatures ("0.25,0.5,...") as floats; ValueError naming the field."""
+  raw = str(config.eval.control_temperatures)
+  try:
+    temps = [float(t) for t in raw.split(",") if t.strip()]
+  except ValueError:
+    temps = []
+  if not temps or any(not t > 0 for t in temps):
+    raise ValueError(f"config.eval.control_temperatures={raw!r}: expected comma-separated "
+                     "temperatures > 0, e.g. '0.5,1.0'")
+  return temps
+
+
 def validate_config(config) -> None:
   """Raises ValueError naming the offending field."""
   resolve_stages(config)
+  control_temperatures(config)
   for key, choices in _CHOICES.items():
     if _get(config, key) not in choices:
       raise ValueError(f"config.{key}={_get(config, key)!r} is not one of {choices}")

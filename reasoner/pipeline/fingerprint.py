@@ -58,7 +58,7 @@ def _lineage(config: ConfigDict, model: str) -> list[str]:
   inputs = [stage.parent_model(config)]
   if stage.name == "distill" and not config.distill.student:
     inputs.append(INIT_MODELS[config.distill.init_from])
-  blocks = [stage.name]
+  blocks = list(stage.blocks)
   for m in inputs:
     blocks += [b for b in _lineage(config, m) if b not in blocks]
   return blocks

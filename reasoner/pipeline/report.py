@@ -7,7 +7,10 @@ from typing import Mapping, Sequence
 
 from reasoner.io import write_bytes, write_json
 
-STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("grpo", "M2 GRPO"),
+# Rows in table order; the controls (config.controls) sit between M1 and M2, which they are
+# read against: M1 at its best validation temperature, and M1 + GRPO's SFT replay updates alone.
+STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("sft@best_t", "M1 @ best T"),
+                ("replay_control", "M1 + replay"), ("grpo", "M2 GRPO"),
                 ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
 COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc",
            "reward_acc")

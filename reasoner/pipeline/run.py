@@ -25,7 +25,7 @@ from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, m
                          write_json)
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
-from reasoner.pipeline.config_check import resolve_stages, validate_config
+from reasoner.pipeline.config_check import control_temperatures, resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
 from reasoner.pipeline.fingerprint import check_fingerprint
 from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
@@ -35,6 +35,10 @@ from reasoner.stages.dpo import held_out_pairs, preference_metrics
 from reasoner.stages.pretrain import corpus_document
 from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiece, trained_for
 from reasoner.data.tasks import mixture
+
+
+# The report's row of the best-temperature control (M1 at its best validation temperature).
+BEST_T_ROW = "sft@best_t"
 
 
 def build_tokenizer(config: ConfigDict, workdir: str):
@@ -123,22 +127,51 @@ class Pipeline:
     path = join(self.ctx.stage_dir(model), "eval.json")
     if exists(path):
       return read_json(path)
-    e = self.config.eval
     if self._eval_problems is None:
       self._eval_problems = held_out_problems(self.ctx)
-    prompts = [self.ctx.encode_prompt(p.prompt) for p in self._eval_problems]
-    t0 = time.time()
-    metrics = evaluate(params, model_cfg, self.tokenizer, self._eval_problems, prompts, k=e.k,
-                       temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-                       rng=jax.random.fold_in(self.rng, 999), mesh=self.mesh,
-                       batch_size=e.batch_size)
+    metrics = self._metrics(params, model_cfg, self._eval_problems, self.config.eval.temperature)
     metrics.update(extra or {})
-    metrics["eval_seconds"] = time.time() - t0
     if is_writer():
       write_json(path, metrics)
     log(f"[eval] {model}: pass@1={100 * metrics['pass@1']:.1f}% "
          f"greedy={100 * metrics['greedy_acc']:.1f}% "
          f"format={100 * metrics['format_rate']:.1f}% ({metrics['eval_seconds']:.0f}s)")
+    return metrics
+
+  def _metrics(self, params, model_cfg: ModelConfig, problems, temperature: float,
+               greedy: bool = True) -> dict:
+    e = self.config.eval
+    prompts = [self.ctx.encode_prompt(p.prompt) for p in problems]
+    t0 = time.time()
+    metrics = evaluate(params, model_cfg, self.tokenizer, problems, prompts, k=e.k,
+                       temperature=temperature, max_new_tokens=e.max_new_tokens,
+                       rng=jax.random.fold_in(self.rng, 999), mesh=self.mesh,
+                       batch_size=e.batch_size, greedy=greedy)
+    metrics["eval_seconds"] = time.time() - t0
+    return metrics
+
+  def _best_temperature(self, model: str, params, model_cfg: ModelConfig) -> dict:
+    """The best-temperature control: `model` sampled at each of eval.control_temperatures on
+    validation problems, then evaluated like every model at the one with the best validation
+    pass@1 (ties: the lowest). Same random streams as its plain evaluation, so at
+    eval.temperature it reproduces that evaluation's numbers."""
+    path = join(self.ctx.stage_dir(model), "eval_best_temperature.json")
+    if exists(path):
+      return read_json(path)
+    temps = control_temperatures(self.config)
+    validation = held_out_problems(self.ctx, split="validation")
+    sweep = {t: self._metrics(params, model_cfg, validation, t, greedy=False)["pass@1"]
+             for t in temps}
+    best = max(temps, key=lambda t: (sweep[t], -t))
+    if self._eval_problems is None:
+      self._eval_problems = held_out_problems(self.ctx)
+    metrics = self._metrics(params, model_cfg, self._eval_problems, best)
+    metrics.update(temperature=best, validation_pass_at_1={str(t): v for t, v in sweep.items()})
+    if is_writer():
+      write_json(path, metrics)
+    log(f"[eval] {model} at the best validation temperature {best:g} "
+        f"({', '.join(f'T={t:g}: {100 * v:.1f}%' for t, v in sweep.items())}): "
+        f"pass@1={100 * metrics['pass@1']:.1f}% greedy={100 * metrics['greedy_acc']:.1f}%")
     return metrics
 
   # ---- stages --------------------------------------------------------------------------------
@@ -171,6 +204,8 @@ class Pipeline:
       extra = (self._pref_metric(params) if stage.name in ("distill", "dpo") and "dpo" in selected
                else {})
       self.report[stage.model] = self._evaluate(stage.model, params, model_cfg, extra)
+      if stage.model == "sft" and config.controls:
+        self.report[BEST_T_ROW] = self._best_temperature(stage.model, params, model_cfg)
       del params
 
     extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,

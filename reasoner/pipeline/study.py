@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from reasoner.pipeline.report import STAGE_MODELS
+
 # Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30 (beyond: the
 # Cornish-Fisher expansion around the normal quantile, within 1e-3 of the exact value).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -23,7 +25,12 @@ _Z975 = 1.960
 # Metrics a study reports (those present in the runs' reports), and the order of the models.
 METRICS = ("pass@1", "greedy_acc", "maj@k", "pass@k", "format_rate", "mean_length", "pref_acc",
            "reward_acc")
-MODELS = ("m0", "sft", "grpo", "distill", "dpo")
+MODELS = tuple(name for name, _ in STAGE_MODELS)
+_LABELS = dict(STAGE_MODELS)
+# Paired differences reported with their own interval (per seed, model minus baseline): M2
+# against M1 and against each control, so the RL gain is read against what the controls reach.
+GAINS = (("grpo", "sft"), ("grpo", "sft@best_t"), ("grpo", "replay_control"), ("distill", "grpo"))
+GAIN_METRICS = ("pass@1", "greedy_acc", "maj@k")
 
 
 def t_critical(df: int) -> float:
@@ -64,6 +71,26 @@ def _metric_value(metrics: Mapping, name: str):
   return metrics.get(name)
 
 
+def gains(reports: Sequence[Mapping]) -> dict:
+  """{"A-B": {metric: {"mean", "ci95", "values"}}}: per-seed differences of model A minus model B
+  (GAINS) over the runs that evaluated both; a paired interval, tighter than comparing the two
+  models' own intervals when the seeds move them together."""
+  out = {}
+  for a, b in GAINS:
+    pairs = [(r["models"][a], r["models"][b]) for r in reports
+             if a in r.get("models", {}) and b in r.get("models", {})]
+    row = {}
+    for metric in GAIN_METRICS:
+      diffs = [float(_metric_value(x, metric)) - float(_metric_value(y, metric)) for x, y in pairs
+               if _metric_value(x, metric) is not None and _metric_value(y, metric) is not None]
+      if diffs:
+        mean, ci = mean_ci(diffs)
+        row[metric] = {"mean": mean, "ci95": ci, "values": diffs}
+    if row:
+      out[f"{a}-{b}"] = row
+  return out
+
+
 def aggregate(reports: Sequence[Mapping]) -> dict:
   """{model: {metric: {"mean", "ci95", "values"}}} over the runs' report.json["models"]."""
   out = {}
@@ -79,10 +106,6 @@ def aggregate(reports: Sequence[Mapping]) -> dict:
         mean, ci = mean_ci(values)
         out[model][metric] = {"mean": mean, "ci95": ci, "values": values}
   return out
-
-
-_LABELS = {"m0": "M0 base", "sft": "M1 SFT", "grpo": "M2 GRPO", "distill": "M3 distilled",
-           "dpo": "M4 DPO"}
 
 
 def format_study(summary: Mapping, n_seeds: int) -> str:
@@ -101,4 +124,30 @@ def format_study(summary: Mapping, n_seeds: int) -> str:
       ci_text = "n/a" if ci != ci else f"{ci:.1f}"
       cells.append(f"{f'{mean:.1f}{unit} +- {ci_text}':>18}")
     lines.append(f"{_LABELS.get(model, model):<14}" + "".join(cells))
+  return "\n".join(lines)
+
+
+def verdict(mean: float, ci: float) -> str:
+  """'gain', 'loss' or 'within noise' for a difference with a 95% half-width."""
+  if ci != ci:
+    return "one seed: no interval"
+  if mean - ci > 0:
+    return "gain"
+  if mean + ci < 0:
+    return "loss"
+  return "within noise"
+
+
+def format_gains(gain_summary: Mapping) -> str:
+  """Lines 'M2 GRPO - M1 SFT   pass@1 +x.x +- y.y (gain)   ...' in percentage points."""
+  lines = ["paired differences per seed, percentage points, mean +- 95% CI"]
+  for key, row in gain_summary.items():
+    a, b = key.split("-", 1)
+    cells = []
+    for metric in GAIN_METRICS:
+      if metric in row:
+        mean, ci = 100 * row[metric]["mean"], 100 * row[metric]["ci95"]
+        ci_text = "n/a" if ci != ci else f"{ci:.1f}"
+        cells.append(f"{metric} {mean:+.1f} +- {ci_text} ({verdict(mean, ci)})")
+    lines.append(f"{_LABELS.get(a, a)} - {_LABELS.get(b, b):<14}" + "   ".join(cells))
   return "\n".join(lines)

@@ -15,7 +15,7 @@ import jax
 from ml_collections import ConfigDict
 
 from reasoner.model.config import ModelConfig
-from reasoner.stages import distill, dpo, grpo, pretrain, sft
+from reasoner.stages import distill, dpo, grpo, pretrain, replay_control, sft
 from reasoner.stages.async_grpo import run_async_grpo
 from reasoner.stages.context import StageContext, held_out_problems, stable_seed
 from reasoner.stages.models import (config_model, has_model, load_stage_model, save_stage_model,
@@ -29,13 +29,22 @@ class Stage:
   """A pipeline stage: `name` (its config block and `WORKDIR/stages/NAME`), `model` (the name
   of the model it produces), `parent` (the model it starts from, or a function of the config;
   None: it starts from nothing) and `run`. `output_config(ctx)` is the shape of the model `run`
-  returns given the parent's context (default: the parent's shape)."""
+  returns given the parent's context (default: the parent's shape). `config_blocks` are the
+  config blocks it reads (default: its own, `config.NAME`). A `control` stage makes a model
+  that only serves as a comparison: it runs when named in config.stages, or under "all" when
+  config.controls is set."""
 
   name: str
   model: str
   parent: Union[str, Callable[[ConfigDict], str], None]
   run: StageFn
   output_config: Callable[[StageContext], ModelConfig] = lambda ctx: ctx.model_cfg
+  config_blocks: tuple = ()
+  control: bool = False
+
+  @property
+  def blocks(self) -> tuple:
+    return self.config_blocks or (self.name,)
 
   def parent_model(self, config: ConfigDict):
     return self.parent(config) if callable(self.parent) else self.parent
@@ -54,6 +63,9 @@ STAGES = (
     Stage("grpo", "grpo", lambda config: "m0" if config.r1_zero else "sft", run_grpo),
     Stage("distill", "distill", "grpo", distill.run_distill, distill.output_model_config),
     Stage("dpo", "dpo", "distill", dpo.run_dpo),
+    # The control for GRPO's SFT replay term: M1 + the same replay updates, no RL.
+    Stage(replay_control.NAME, replay_control.NAME, "sft", replay_control.run_replay_control,
+          config_blocks=("grpo",), control=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
