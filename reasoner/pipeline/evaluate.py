@@ -42,3 +42,8 @@ def evaluate(params, model_cfg, tokenizer, problems: Sequence[Problem], prompts_
       "mean_length": float(lengths.mean()),
       "examples": [{"prompt": problems[i].prompt, "completion": greedy[i]} for i in range(min(3, len(problems)))],
   }
+
+
+def prefixed(metrics: dict, prefix: str) -> dict:
+  """`metrics` of a second evaluation set under `prefix` (its examples left out)."""
+  return {f"{prefix}{k}": v for k, v in metrics.items() if k != "examples"}

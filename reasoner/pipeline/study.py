@@ -22,7 +22,7 @@ _Z975 = 1.960
 
 # Metrics a study reports (those present in the runs' reports), and the order of the models.
 METRICS = ("pass@1", "greedy_acc", "maj@k", "pass@k", "format_rate", "mean_length", "pref_acc",
-           "reward_acc")
+           "reward_acc", "ood/pass@1", "ood/greedy_acc")  # ood/: config.eval.source's set
 MODELS = ("m0", "sft", "grpo", "distill", "dpo")
 
 
