@@ -286,17 +286,23 @@ def test_prm_trains_and_ranks_held_out_steps(prm, policy, tmp_path):
   assert m["n_steps"] > 100 and m["auc"] > 0.6, m
   save_prm(str(tmp_path / "prm"), prm)
   assert has_prm(str(tmp_path / "prm"))
-  # The comparison at equal tokens, with the PRM just saved; best_of_n's verifier then defaults to
-  # it, and an oracle pick is reported as oracle pass@N.
-  compare = cmd[:5] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
-                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--num_problems=3",
-                       "--beam_width=2", "--expansions=2", "--step_tokens=6", "--max_n=8",
+  # The comparison at equal tokens, with the PRM just saved, on a JSONL evaluation set
+  # (config.eval.source) of 3 problems.
+  jsonl = tmp_path / "eval.jsonl"
+  jsonl.write_text("".join(json.dumps(dict(prompt=p.prompt, answer=p.answer, solution=p.solution,
+                                           task=p.task)) + "\n"
+                           for p in mixture(TASK_NAMES.split(","), "test", 3, 7, 1)))
+  compare = cmd[:6] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
+                       f"--config.eval.source=jsonl:{jsonl}", "--eval_set=source",
+                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--beam_width=2",
+                       "--expansions=2", "--step_tokens=6", "--max_n=8",
                        f"--output={tmp_path / 'compare.json'}"]
   run = subprocess.run(compare, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   assert run.returncode == 0, run.stderr[-3000:]
   assert "PRM search" in run.stdout and "oracle pass@" in run.stdout, run.stdout
-  result = json.load(open(tmp_path / "compare.json"))["result"]
-  assert set(result["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
+  report = json.load(open(tmp_path / "compare.json"))
+  assert report["n_problems"] == 3 and report["eval_set"] == f"jsonl:{jsonl}"
+  assert set(report["result"]["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
   loaded = load_prm(str(tmp_path / "prm"))
   texts = [p.solution for p in held_out[:4]]
   np.testing.assert_allclose(loaded.score(held_out[:4], texts), prm.score(held_out[:4], texts),
@@ -461,17 +467,23 @@ def test_cli_end_to_end(policy, tmp_path):
   assert report["budget_sweep"]["cap_thinking_tokens"] == [4.0, 8.0]
   assert open(tmp_path / "out" / "tts.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert has_prm(str(tmp_path / "prm"))
-  # The comparison at equal tokens, with the PRM just saved; best_of_n's verifier then defaults to
-  # it, and an oracle pick is reported as oracle pass@N.
-  compare = cmd[:5] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
-                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--num_problems=3",
-                       "--beam_width=2", "--expansions=2", "--step_tokens=6", "--max_n=8",
+  # The comparison at equal tokens, with the PRM just saved, on a JSONL evaluation set
+  # (config.eval.source) of 3 problems.
+  jsonl = tmp_path / "eval.jsonl"
+  jsonl.write_text("".join(json.dumps(dict(prompt=p.prompt, answer=p.answer, solution=p.solution,
+                                           task=p.task)) + "\n"
+                           for p in mixture(TASK_NAMES.split(","), "test", 3, 7, 1)))
+  compare = cmd[:6] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
+                       f"--config.eval.source=jsonl:{jsonl}", "--eval_set=source",
+                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--beam_width=2",
+                       "--expansions=2", "--step_tokens=6", "--max_n=8",
                        f"--output={tmp_path / 'compare.json'}"]
   run = subprocess.run(compare, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   assert run.returncode == 0, run.stderr[-3000:]
   assert "PRM search" in run.stdout and "oracle pass@" in run.stdout, run.stdout
-  result = json.load(open(tmp_path / "compare.json"))["result"]
-  assert set(result["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
+  report = json.load(open(tmp_path / "compare.json"))
+  assert report["n_problems"] == 3 and report["eval_set"] == f"jsonl:{jsonl}"
+  assert set(report["result"]["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
   # A missing model directory is a one-line error.
   bad = subprocess.run(cmd[:4] + [f"--model_dir={tmp_path / 'nope'}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120, env=env)
