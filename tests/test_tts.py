@@ -24,7 +24,8 @@ from reasoner.tts import (Policy, Samples, beam_search, best_of_n, best_of_n_met
                           select_best, split_steps, step_examples, step_labels, thinking_lengths,
                           thinking_text, train_prm, verifier_scores)
 from reasoner.tts.sweep import (accuracy_vs_n, compare_strategies, format_comparison, matched_n,
-                                powers_of_two, tokens_of_first, wilson_interval)
+                                paired_difference, powers_of_two, tokens_of_first,
+                                wilson_interval)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_NAMES = "arithmetic,linear_equation"
@@ -286,23 +287,6 @@ def test_prm_trains_and_ranks_held_out_steps(prm, policy, tmp_path):
   assert m["n_steps"] > 100 and m["auc"] > 0.6, m
   save_prm(str(tmp_path / "prm"), prm)
   assert has_prm(str(tmp_path / "prm"))
-  # The comparison at equal tokens, with the PRM just saved, on a JSONL evaluation set
-  # (config.eval.source) of 3 problems.
-  jsonl = tmp_path / "eval.jsonl"
-  jsonl.write_text("".join(json.dumps(dict(prompt=p.prompt, answer=p.answer, solution=p.solution,
-                                           task=p.task)) + "\n"
-                           for p in mixture(TASK_NAMES.split(","), "test", 3, 7, 1)))
-  compare = cmd[:6] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
-                       f"--config.eval.source=jsonl:{jsonl}", "--eval_set=source",
-                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--beam_width=2",
-                       "--expansions=2", "--step_tokens=6", "--max_n=8",
-                       f"--output={tmp_path / 'compare.json'}"]
-  run = subprocess.run(compare, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "PRM search" in run.stdout and "oracle pass@" in run.stdout, run.stdout
-  report = json.load(open(tmp_path / "compare.json"))
-  assert report["n_problems"] == 3 and report["eval_set"] == f"jsonl:{jsonl}"
-  assert set(report["result"]["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
   loaded = load_prm(str(tmp_path / "prm"))
   texts = [p.solution for p in held_out[:4]]
   np.testing.assert_allclose(loaded.score(held_out[:4], texts), prm.score(held_out[:4], texts),
@@ -396,6 +380,19 @@ def test_wilson_interval_matches_hand_computed_values():
     wilson_interval(3, 2)
 
 
+def test_paired_difference_matches_hand_computed_values():
+  # 10 problems: both solve 3, only a solves 3, only b solves 1. diff = 0.3 - 0.1 = 0.2,
+  # var = (0.3 + 0.1 - 0.2^2) / 10 = 0.036, half-width 1.96 * 0.18974 = 0.37188.
+  a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+  b = np.array([1, 1, 1, 0, 0, 0, 1, 0, 0, 0], bool)
+  d = paired_difference(a, b)
+  assert d["diff"] == pytest.approx(0.2)
+  assert d["ci95"] == [pytest.approx(-0.17188, abs=1e-5), pytest.approx(0.57188, abs=1e-5)]
+  assert paired_difference(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}  # no discordant problem
+  with pytest.raises(ValueError):
+    paired_difference(a, b[:5])
+
+
 def test_launcher_default_verifier_is_not_the_oracle():
   from launch.evaluate import default_verifier, label_oracle
   assert default_verifier(None, prm_given=False) == "confidence"
@@ -423,6 +420,10 @@ def test_compare_strategies_at_equal_tokens(policy, prm, problems):
     assert 0.0 <= lo <= e["accuracy"] <= hi <= 1.0
     assert e["solved"] == round(e["accuracy"] * len(problems))
     assert (lo, hi) == wilson_interval(e["solved"], len(problems))
+  for key in ("majority", "best_of_n_prm", "best_of_n_confidence", "single_sample"):
+    assert s[key]["minus_prm_search"]["diff"] == pytest.approx(
+        s[key]["accuracy"] - s["prm_search"]["accuracy"])
+  assert "minus_prm_search" not in s["prm_search"]
   # The oracle figures are apart and labelled, and bound the strategies on the same samples.
   assert set(out["oracle"]) == {f"oracle_pass@{n}", "oracle_beam_pass"}
   assert out["oracle"][f"oracle_pass@{n}"]["accuracy"] >= max(

@@ -46,6 +46,19 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
   return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_difference(a, b, z: float = Z95) -> dict:
+  """Accuracy of `a` minus that of `b` on the same problems ([P] bool each), with the Wald
+  interval of a paired difference of proportions: var = (p10 + p01 - (p10 - p01)^2) / P, p10 the
+  share of problems only `a` solves, p01 only `b`."""
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  if a.shape != b.shape or a.ndim != 1 or not len(a):
+    raise ValueError(f"need two [P] arrays of the same problems, got {a.shape} and {b.shape}")
+  p10, p01 = float(np.mean(a & ~b)), float(np.mean(~a & b))
+  diff = p10 - p01
+  half = z * math.sqrt(max(p10 + p01 - diff * diff, 0.0) / len(a))
+  return {"diff": diff, "ci95": [max(-1.0, diff - half), min(1.0, diff + half)]}
+
+
 def powers_of_two(limit: int) -> list[int]:
   """1, 2, 4, ... up to and including `limit` (which is added when not a power of two)."""
   out, n = [], 1
@@ -202,7 +215,7 @@ def compare_strategies(policy: Policy, prm, problems: Sequence[Problem], samplin
   sampling.max_new_tokens per beam.
 
   Returns {'n_problems', 'matched_n', 'search' (its settings), 'strategies': {name: {'accuracy',
-  'ci95', 'solved', 'tokens_per_problem', 'n'?}}, 'oracle': {'oracle_pass@N', 'oracle_beam_pass'}
+  'ci95', 'solved', 'tokens_per_problem', 'n'?, 'minus_prm_search'?: {'diff', 'ci95'}}}, 'oracle': {'oracle_pass@N', 'oracle_beam_pass'}
   (upper bounds, same fields), 'curve': {'n', 'tokens_per_problem', 'majority', 'best_of_n_prm',
   'best_of_n_confidence'} over N = 1, 2, 4, ... up to the pool size}."""
   if prm is None:
@@ -226,13 +239,14 @@ def compare_strategies(policy: Policy, prm, problems: Sequence[Problem], samplin
     return correct[rows, select_best(scores[v][:, :k])]
 
   tokens = pool.lengths[:, :n].sum(axis=1)
-  strategies = {
-      "prm_search": _entry(search["correct"], search_tokens),
-      "majority": _entry(majority(n), tokens, n=n),
-      "best_of_n_prm": _entry(best("prm", n), tokens, n=n),
-      "best_of_n_confidence": _entry(best("confidence", n), tokens, n=n),
-      "single_sample": _entry(correct[:, 0], pool.lengths[:, 0], n=1),
-  }
+  solved = {"prm_search": np.asarray(search["correct"], bool), "majority": majority(n),
+            "best_of_n_prm": best("prm", n), "best_of_n_confidence": best("confidence", n),
+            "single_sample": correct[:, 0]}
+  strategies = {"prm_search": _entry(solved["prm_search"], search_tokens)}
+  for key in ("majority", "best_of_n_prm", "best_of_n_confidence", "single_sample"):
+    one = key == "single_sample"
+    strategies[key] = _entry(solved[key], pool.lengths[:, 0] if one else tokens, n=1 if one else n,
+                             minus_prm_search=paired_difference(solved[key], solved["prm_search"]))
   oracle = {f"oracle_pass@{n}": _entry(correct[:, :n].any(axis=1), tokens, n=n),
             "oracle_beam_pass": _entry([any(c) for c in search["beam_correct"]],
                                                 search_tokens)}
@@ -253,14 +267,18 @@ _COMPARE_LABELS = {"prm_search": "PRM search", "majority": "majority vote",
 
 def format_comparison(result: dict) -> str:
   """The comparison as a fixed-width table: strategies, then the oracle upper bounds."""
-  header = f"{'strategy':<28}{'N':>5}{'tokens/problem':>16}{'accuracy':>10}{'95% CI':>18}"
+  header = (f"{'strategy':<28}{'N':>5}{'tokens/problem':>16}{'accuracy':>10}{'95% CI':>16}"
+            f"{'minus search [95% CI]':>28}")
   lines = [header, "-" * len(header)]
 
   def row(label, e):
     n = str(e.get("n", "-"))
     ci = f"[{100 * e['ci95'][0]:.1f}, {100 * e['ci95'][1]:.1f}]"
+    d = e.get("minus_prm_search")
+    vs = (f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+          if d else "-")
     lines.append(f"{label:<28}{n:>5}{e['tokens_per_problem']:>16.1f}"
-                 f"{100 * e['accuracy']:>9.1f}%{ci:>18}")
+                 f"{100 * e['accuracy']:>9.1f}%{ci:>16}{vs:>28}")
 
   for key, e in result["strategies"].items():
     row(_COMPARE_LABELS.get(key, key), e)
@@ -268,5 +286,5 @@ def format_comparison(result: dict) -> str:
   for key, e in result["oracle"].items():
     row(key.replace("_", " ", 1) if key.startswith("oracle_pass") else "oracle any final beam", e)
   lines.append(f"{result['n_problems']} problems; N matched to the search's mean generated "
-               f"tokens per problem.")
+               f"tokens per problem; accuracies and differences in points.")
   return "\n".join(lines)
