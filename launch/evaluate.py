@@ -60,7 +60,7 @@ _VERIFIER = flags.DEFINE_enum("verifier", None, ["prm", "confidence", "oracle"],
                               "Scorer of best_of_n (default: prm when a PRM is given, else "
                               "confidence; oracle reports pass@N, labelled as such).")
 _AGGREGATE = flags.DEFINE_enum("aggregate", "last", ["last", "min", "prod"],
-                               "How PRM step scores make a solution score (best_of_n).")
+                               "How PRM step scores make a solution score (best_of_n, compare).")
 _PRM_DIR = flags.DEFINE_string("prm_dir", "", "PRM directory (load, or save with --train_prm).")
 _TRAIN_PRM = flags.DEFINE_bool("train_prm", False, "Train a PRM if --prm_dir holds none.")
 _PRM_STEPS = flags.DEFINE_integer("prm_steps", 300, "PRM training steps.")
