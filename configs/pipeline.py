@@ -162,6 +162,12 @@ def tiny() -> ConfigDict:
   c.eval.split = "test"
   # Temperatures M1 is tried at on validation for the best-temperature control (config.controls).
   c.eval.control_temperatures = "0.25,0.5,0.75,1.0"
+  # A second evaluation set, not the training source (reasoner/pipeline/eval_source.py): "" =
+  # none (only the test split of config.data) | "tasks:NAME[,NAME]" procedural families not in
+  # config.data.tasks ("tasks:held_out" = all of them) | "jsonl:PATH" a problem file |
+  # "gsm8k[:DATA_DIR]". Its n_problems problems are scored the same way; every model's eval.json
+  # gains them as ood/pass@1, ood/greedy_acc, ... (the table's "ood" columns).
+  c.eval.source = ""
   # The hardware the run is planned for (`python -m launch.plan`): `devices` chips of `memory_gib`
   # each; a program fits when its per-device peak (plus the buffers the stage keeps alive beside
   # it) stays under `budget_gib`, the share of memory we allow ourselves (the rest is headroom for

@@ -1,15 +1,31 @@
-"""Test-time compute on held-out problems: one strategy, and optionally the scaling sweeps.
+"""Test-time compute on held-out problems: one strategy, a comparison at equal tokens, and
+optionally the scaling sweeps.
 
   python -m launch.evaluate --config=configs/pipeline.py:tiny --model_dir=runs/tiny/stages/grpo/final \
       --strategy=majority --n=8
-  python -m launch.evaluate ... --strategy=best_of_n --n=8 --verifier=oracle|prm|confidence
+  python -m launch.evaluate ... --strategy=best_of_n --n=8 [--verifier=prm|confidence|oracle]
   python -m launch.evaluate ... --strategy=budget --budget=32 --budget_mode=cap|force
   python -m launch.evaluate ... --strategy=prm_search --prm_dir=runs/tiny/prm --train_prm \
       --beam_width=4 --expansions=4
+  python -m launch.evaluate ... --strategy=compare --prm_dir=runs/tiny/prm --train_prm \
+      --output=runs/tiny/compare.json     # PRM search vs majority / best-of-N at equal tokens
   python -m launch.evaluate ... --plot=runs/tiny/tts.png    # accuracy vs N and vs thinking budget
 
-Problems are the pipeline's held-out set (config.data, config.seed); prompts use
-config.tokenizer.template. Results are printed and written as JSON to --output (default: next to
+Best-of-N's verifier defaults to the PRM when one is given (--prm_dir holding one, or
+--train_prm), else to the policy's confidence. --verifier=oracle picks a correct sample using the
+reference answer: that is pass@N, an upper bound and not a usable strategy, so it is printed and
+written as `oracle pass@N` (JSON key `oracle_pass@N`) and never as an accuracy; the N sweep's
+oracle curve is written as `oracle_pass@n` for the same reason.
+
+--strategy=compare runs the PRM-guided search, counts the tokens it generates per problem (every
+expansion included), picks the N at which sampling spends as many, and reports PRM search,
+majority vote, best-of-N (PRM- and confidence-scored) and one sample on the same problems, each
+with its accuracy, 95% Wilson interval over problems and generated tokens per problem, then the
+oracle upper bounds apart (`reasoner.tts.sweep.compare_strategies`); a table is printed.
+
+Problems are the pipeline's held-out set (config.data's test split, config.seed), or with
+--eval_set=source the second evaluation set of config.eval.source (held-out task families, a JSONL
+file or GSM8K: reasoner/pipeline/eval_source.py); prompts use config.tokenizer.template. Results are printed and written as JSON to --output (default: next to
 --plot, else nothing is written). --train_prm fits a PRM head on the model's hidden states from
 step-labelled training problems and saves it to --prm_dir (when given).
 """
@@ -23,7 +39,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-STRATEGIES = ("greedy", "best_of_n", "majority", "budget", "prm_search")
+STRATEGIES = ("greedy", "best_of_n", "majority", "budget", "prm_search", "compare")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (path:preset).",
                                           lock_config=True)
@@ -38,10 +54,13 @@ _WAIT_TEXT = flags.DEFINE_string("wait_text", " Wait,", "Text injected to extend
 _ANSWER_TOKENS = flags.DEFINE_integer("answer_tokens", 16, "Tokens allowed after </think>.")
 _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", None, "Held-out problems (default "
                                      "config.eval.n_problems).")
-_VERIFIER = flags.DEFINE_enum("verifier", "oracle", ["oracle", "prm", "confidence"],
-                              "Scorer of best_of_n.")
+_EVAL_SET = flags.DEFINE_enum("eval_set", "test", ["test", "source"],
+                              "test: config.data's test split; source: config.eval.source's set.")
+_VERIFIER = flags.DEFINE_enum("verifier", None, ["prm", "confidence", "oracle"],
+                              "Scorer of best_of_n (default: prm when a PRM is given, else "
+                              "confidence; oracle reports pass@N, labelled as such).")
 _AGGREGATE = flags.DEFINE_enum("aggregate", "last", ["last", "min", "prod"],
-                               "How PRM step scores make a solution score (best_of_n).")
+                               "How PRM step scores make a solution score (best_of_n, compare).")
 _PRM_DIR = flags.DEFINE_string("prm_dir", "", "PRM directory (load, or save with --train_prm).")
 _TRAIN_PRM = flags.DEFINE_bool("train_prm", False, "Train a PRM if --prm_dir holds none.")
 _PRM_STEPS = flags.DEFINE_integer("prm_steps", 300, "PRM training steps.")
@@ -65,6 +84,8 @@ _BUDGETS = flags.DEFINE_list("budgets", [], "Thinking budgets of the sweep (defa
 _BUDGET_MODES = flags.DEFINE_list("budget_modes", ["cap", "force"], "Budget modes of the sweep.")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON results path.")
 _SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default config.seed).")
+_MAX_N = flags.DEFINE_integer("max_n", 256, "compare: most samples per problem for the sampling "
+                              "strategies' pool.")
 flags.mark_flags_as_required(["config", "model_dir"])
 
 
@@ -75,9 +96,26 @@ def _ints(values, name):
     raise ValueError(f"--{name} must be a comma-separated list of integers, got {values}") from None
 
 
+def default_verifier(verifier, prm_given: bool) -> str:
+  """best_of_n's verifier: `verifier` when set, else prm when a PRM is given, else confidence
+  (never the oracle, which needs the answers)."""
+  if verifier:
+    return verifier
+  return "prm" if prm_given else "confidence"
+
+
+def label_oracle(result: dict, n: int) -> dict:
+  """An oracle best-of-n result with its 'accuracy' renamed to 'oracle_pass@n' (it is pass@n)."""
+  out = {k: v for k, v in result.items() if k != "accuracy"}
+  out[f"oracle_pass@{n}"] = result["accuracy"]
+  return out
+
+
 def _summary(result: dict) -> dict:
   """The result without per-problem lists (kept: the first 3 completions as examples)."""
-  out = {k: v for k, v in result.items() if k not in ("completions", "chosen", "scores")}
+  out = {k: v for k, v in result.items()
+         if k not in ("completions", "chosen", "scores", "correct", "beam_correct",
+                      "generated_tokens")}
   if "completions" in result:
     out["examples"] = result["completions"][:3]
   return out
@@ -113,8 +151,8 @@ def run(config, model_dir: str) -> dict:
   from reasoner.sampling import SamplingConfig
   from reasoner.stages.context import StageContext, held_out_problems
   from reasoner.tts import (Policy, accuracy_vs_budget, accuracy_vs_n, best_of_n, budget_forcing,
-                            majority_vote, plot_scaling, powers_of_two, prm_metrics,
-                            prm_search)
+                            compare_strategies, format_comparison, has_prm, majority_vote,
+                            plot_scaling, powers_of_two, prm_metrics, prm_search)
   from reasoner.tts.best_of_n import correctness
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -127,14 +165,25 @@ def run(config, model_dir: str) -> dict:
   max_new = e.max_new_tokens if _MAX_NEW.value is None else _MAX_NEW.value
   policy = Policy(params, model_cfg, tokenizer, config.tokenizer.template, mesh, e.batch_size)
   ctx = StageContext(config, os.path.dirname(model_dir), mesh, model_cfg, tokenizer, writer=None)
-  problems = held_out_problems(ctx, _NUM_PROBLEMS.value or e.n_problems)
+  if _EVAL_SET.value == "source":
+    from reasoner.pipeline.eval_source import eval_source_problems, parse_eval_source
+    if parse_eval_source(config) is None:
+      raise ValueError("--eval_set=source needs config.eval.source (e.g. tasks:countdown)")
+    problems = eval_source_problems(config, _NUM_PROBLEMS.value or e.n_problems)
+  else:
+    problems = held_out_problems(ctx, _NUM_PROBLEMS.value or e.n_problems)
   rng = jax.random.PRNGKey(seed)
   sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature)
   strategy = _STRATEGY.value
-  needs_prm = strategy == "prm_search" or (strategy == "best_of_n" and _VERIFIER.value == "prm")
+  prm_given = _TRAIN_PRM.value or bool(_PRM_DIR.value and has_prm(_PRM_DIR.value))
+  verifier = default_verifier(_VERIFIER.value, prm_given)
+  needs_prm = strategy in ("prm_search", "compare") or (strategy == "best_of_n" and verifier == "prm")
   prm = None
   report = {"model_dir": model_dir, "strategy": strategy, "n_problems": len(problems),
+            "eval_set": "test" if _EVAL_SET.value == "test" else config.eval.source,
             "seed": seed, "temperature": temperature, "max_new_tokens": max_new}
+  if strategy == "best_of_n":
+    report["verifier"] = verifier
   if needs_prm or (_PLOT.value and (_PRM_DIR.value or _TRAIN_PRM.value)):
     prm = _load_or_train_prm(policy, ctx, model_dir, seed)
     try:
@@ -149,22 +198,36 @@ def run(config, model_dir: str) -> dict:
     result = {"accuracy": float(correctness(problems, samples).mean()),
               "completions": [r[0] for r in samples.texts]}
   elif strategy == "best_of_n":
-    result = best_of_n(policy, problems, _N.value, sampling, rng, verifier=_VERIFIER.value,
+    result = best_of_n(policy, problems, _N.value, sampling, rng, verifier=verifier,
                        prm=prm, aggregate=_AGGREGATE.value)
+    if verifier == "oracle":
+      result = label_oracle(result, _N.value)
   elif strategy == "majority":
     result = majority_vote(policy, problems, _N.value, sampling, rng)
   elif strategy == "budget":
     result = budget_forcing(policy, problems, _BUDGET.value, sampling.replace(greedy=True), rng,
                             mode=_BUDGET_MODE.value, wait_text=_WAIT_TEXT.value,
                             answer_tokens=_ANSWER_TOKENS.value)
-  else:
+  elif strategy == "prm_search":
     result = prm_search(policy, prm, problems, rng, beam_width=_BEAM_WIDTH.value,
                         expansions=_EXPANSIONS.value, max_steps=_MAX_STEPS.value,
                         step_tokens=_STEP_TOKENS.value, max_new_tokens=max_new,
                         temperature=temperature)
+  else:
+    result = compare_strategies(policy, prm, problems, sampling, rng, beam_width=_BEAM_WIDTH.value,
+                                expansions=_EXPANSIONS.value, max_steps=_MAX_STEPS.value,
+                                step_tokens=_STEP_TOKENS.value, aggregate=_AGGREGATE.value,
+                                max_n=_MAX_N.value)
   report["result"] = _summary(result)
-  print(f"[{strategy}] accuracy {100 * result['accuracy']:.1f}% on {len(problems)} problems",
-        flush=True)
+  if strategy == "compare":
+    print(format_comparison(result), flush=True)
+  elif "accuracy" in result:
+    print(f"[{strategy}] accuracy {100 * result['accuracy']:.1f}% on {len(problems)} problems",
+          flush=True)
+  else:  # the oracle verifier
+    print(f"[{strategy}] oracle pass@{_N.value} {100 * result[f'oracle_pass@{_N.value}']:.1f}% "
+          f"on {len(problems)} problems (an upper bound: the pick uses the reference answers)",
+          flush=True)
 
   if _PLOT.value:
     ns = _ints(_NS.value, "ns") or powers_of_two(_N.value)
@@ -181,6 +244,7 @@ def run(config, model_dir: str) -> dict:
     plot_scaling(n_curves, budget_curves, _PLOT.value,
                  title=f"{os.path.basename(os.path.dirname(model_dir.rstrip('/')))}: "
                        f"{len(problems)} held-out problems")
+    n_curves["oracle_pass@n"] = n_curves.pop("oracle_best_of_n")  # pass@N, not an accuracy
     report.update(n_sweep=n_curves, budget_sweep=budget_curves, plot=_PLOT.value)
     print(f"[plot] {_PLOT.value}", flush=True)
   return report

@@ -23,7 +23,9 @@ from reasoner.tts import (Policy, Samples, beam_search, best_of_n, best_of_n_met
                           majority_vote, prm_metrics, prm_objective, prm_search, save_prm,
                           select_best, split_steps, step_examples, step_labels, thinking_lengths,
                           thinking_text, train_prm, verifier_scores)
-from reasoner.tts.sweep import accuracy_vs_n, powers_of_two
+from reasoner.tts.sweep import (accuracy_vs_n, compare_strategies, format_comparison, matched_n,
+                                paired_difference, powers_of_two, tokens_of_first,
+                                wilson_interval)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_NAMES = "arithmetic,linear_equation"
@@ -164,12 +166,13 @@ def test_strategies_on_tiny_random_model(policy, problems, monkeypatch):
   samples = policy.sample(problems, sampling.replace(n=4), rng)
   assert samples.lengths.shape == (4, 4) and len(samples.texts[3]) == 4
   assert np.all(samples.mean_logprob <= 0)
-  out = best_of_n(policy, problems, 4, sampling, rng, samples=samples)
+  out = best_of_n(policy, problems, 4, sampling, rng, verifier="oracle", samples=samples)
   correct = correctness(problems, samples)
   assert out["accuracy"] == pytest.approx(correct.any(axis=1).mean()) == out["pass@4"]
   assert out["accuracy"] >= out["pass@1"]
   assert len(out["completions"]) == 4
-  conf = best_of_n(policy, problems, 4, sampling, rng, verifier="confidence", samples=samples)
+  conf = best_of_n(policy, problems, 4, sampling, rng, samples=samples)  # default: confidence
+  assert conf["verifier"] == "confidence"
   answered = np.array([[extract_answer(t) is not None for t in r] for r in samples.texts])
   assert conf["chosen"] == np.argmax(np.where(answered, samples.mean_logprob, -1e9), 1).tolist()
   assert 0.0 <= majority_vote(policy, problems, 4, sampling, rng, samples=samples)["accuracy"] <= 1
@@ -329,6 +332,118 @@ def test_beam_search_returns_beams_in_score_order(policy, prm, problems):
     beam_search(policy, prm, problems, jax.random.PRNGKey(2), beam_width=0)
 
 
+def test_beam_search_counts_every_generated_token(policy, problems):
+  """A scripted policy: round 0 expands the empty beam into [EOS] (1 token, a finished beam
+  without an answer) and [11, 11, 11]; round 1 expands the one live beam into two 3-token steps,
+  which reach max_new_tokens=6. Per problem: 1 + 3 + 3 + 3 = 10 generated tokens, 2 rounds."""
+  eos = policy.tokenizer.eos_id
+  calls = []
+
+  class Scripted(Policy):
+    def generate(self, prompts, sampling, rng, min_prompts=0):
+      calls.append(len(prompts))
+      rows = []
+      for _ in prompts:
+        for j in range(sampling.n):
+          ids = [eos] if (j == 0 and len(calls) == 1) else [10 + j] * 3
+          rows.append((ids, np.zeros(len(ids), bool), np.zeros(len(ids), np.float32)))
+      return rows
+
+  class LengthPRM:
+    def score(self, probs, texts, aggregate="last"):
+      return np.array([len(t) for t in texts], np.float32)  # longer texts first
+
+  scripted = Scripted(policy.params, policy.cfg, policy.tokenizer, batch_size=64)
+  stats = {}
+  beams = beam_search(scripted, LengthPRM(), problems[:2], jax.random.PRNGKey(0), beam_width=2,
+                      expansions=2, step_tokens=3, max_new_tokens=6, stats=stats)
+  assert calls == [2, 2]  # one live beam per problem in each round
+  assert stats["generated_tokens"].tolist() == [10, 10] and stats["rounds"] == 2
+  assert [[(len(b.ids), b.done) for b in bs] for bs in beams] == [[(6, True)] * 2] * 2
+  calls.clear()
+  out = prm_search(scripted, LengthPRM(), problems[:2], jax.random.PRNGKey(0), beam_width=2,
+                   expansions=2, step_tokens=3, max_new_tokens=6)
+  assert out["generated_tokens"] == [10, 10] and out["mean_generated_tokens"] == 10.0
+
+
+def test_wilson_interval_matches_hand_computed_values():
+  # 8 of 10: centre (0.8 + z^2/20) / (1 + z^2/10) = 0.71674, half-width 0.22658.
+  lo, hi = wilson_interval(8, 10)
+  assert (lo, hi) == (pytest.approx(0.49016, abs=1e-5), pytest.approx(0.94332, abs=1e-5))
+  # 0 of 10: [0, z^2 / (n + z^2)] = [0, 0.27753].
+  assert wilson_interval(0, 10) == (0.0, pytest.approx(0.27753, abs=1e-5))
+  assert wilson_interval(10, 10) == (pytest.approx(0.72247, abs=1e-5), pytest.approx(1.0))
+  # 50 of 100: 0.5 -+ 1.96 * 0.05 / (1 + 0.0384) (+ a z^2/4n^2 term) = [0.40383, 0.59617].
+  assert wilson_interval(50, 100) == (pytest.approx(0.40383, abs=1e-5),
+                                      pytest.approx(0.59617, abs=1e-5))
+  with pytest.raises(ValueError):
+    wilson_interval(3, 2)
+
+
+def test_paired_difference_matches_hand_computed_values():
+  # 10 problems: both solve 3, only a solves 3, only b solves 1. diff = 0.3 - 0.1 = 0.2,
+  # var = (0.3 + 0.1 - 0.2^2) / 10 = 0.036, half-width 1.96 * 0.18974 = 0.37188.
+  a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+  b = np.array([1, 1, 1, 0, 0, 0, 1, 0, 0, 0], bool)
+  d = paired_difference(a, b)
+  assert d["diff"] == pytest.approx(0.2)
+  assert d["ci95"] == [pytest.approx(-0.17188, abs=1e-5), pytest.approx(0.57188, abs=1e-5)]
+  assert paired_difference(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}  # no discordant problem
+  with pytest.raises(ValueError):
+    paired_difference(a, b[:5])
+
+
+def test_launcher_default_verifier_is_not_the_oracle():
+  from launch.evaluate import default_verifier, label_oracle
+  assert default_verifier(None, prm_given=False) == "confidence"
+  assert default_verifier(None, prm_given=True) == "prm"
+  assert default_verifier("oracle", prm_given=True) == "oracle"  # only when asked for
+  labelled = label_oracle({"accuracy": 0.75, "pass@1": 0.25, "verifier": "oracle"}, 8)
+  assert labelled == {"oracle_pass@8": 0.75, "pass@1": 0.25, "verifier": "oracle"}
+
+
+def test_compare_strategies_at_equal_tokens(policy, prm, problems):
+  sampling = SamplingConfig(max_new_tokens=18, temperature=1.0)
+  out = compare_strategies(policy, prm, problems, sampling, jax.random.PRNGKey(5), beam_width=2,
+                           expansions=2, step_tokens=6, max_n=16)
+  s = out["strategies"]
+  assert set(s) == {"prm_search", "majority", "best_of_n_prm", "best_of_n_confidence",
+                    "single_sample"}
+  n = out["matched_n"]
+  assert 1 <= n <= out["pool_n"] <= 16 and out["n_problems"] == len(problems)
+  search_tokens = s["prm_search"]["tokens_per_problem"]
+  assert search_tokens >= 1
+  for key in ("majority", "best_of_n_prm", "best_of_n_confidence"):
+    assert s[key]["n"] == n and s[key]["tokens_per_problem"] == s["majority"]["tokens_per_problem"]
+  for e in list(s.values()) + list(out["oracle"].values()):
+    lo, hi = e["ci95"]
+    assert 0.0 <= lo <= e["accuracy"] <= hi <= 1.0
+    assert e["solved"] == round(e["accuracy"] * len(problems))
+    assert (lo, hi) == wilson_interval(e["solved"], len(problems))
+  for key in ("majority", "best_of_n_prm", "best_of_n_confidence", "single_sample"):
+    assert s[key]["minus_prm_search"]["diff"] == pytest.approx(
+        s[key]["accuracy"] - s["prm_search"]["accuracy"])
+  assert "minus_prm_search" not in s["prm_search"]
+  # The oracle figures are apart and labelled, and bound the strategies on the same samples.
+  assert set(out["oracle"]) == {f"oracle_pass@{n}", "oracle_beam_pass"}
+  assert out["oracle"][f"oracle_pass@{n}"]["accuracy"] >= max(
+      s[k]["accuracy"] for k in ("majority", "best_of_n_prm", "best_of_n_confidence"))
+  assert out["oracle"]["oracle_beam_pass"]["accuracy"] >= s["prm_search"]["accuracy"]
+  assert n in out["curve"]["n"] and out["curve"]["n"][0] == 1
+  assert out["curve"]["tokens_per_problem"] == sorted(out["curve"]["tokens_per_problem"])
+  table = format_comparison(out)
+  assert "PRM search" in table and f"oracle pass@{n}" in table and "95% CI" in table
+  json.dumps(out)  # plain JSON types
+
+
+def test_matched_n_picks_the_closest_token_count():
+  lengths = np.array([[4, 4, 4, 4], [2, 2, 2, 2]], np.int32)  # 3 tokens per problem per sample
+  pool = Samples([[[0]] * 4] * 2, [["x"] * 4] * 2, lengths, np.zeros((2, 4), np.float32))
+  assert tokens_of_first(pool, 2) == 6.0
+  assert matched_n(pool, 7.0) == 2 and matched_n(pool, 8.0) == 3 and matched_n(pool, 100) == 4
+  assert matched_n(pool, 7.5) == 2  # a tie goes to the smaller N
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -348,10 +463,28 @@ def test_cli_end_to_end(policy, tmp_path):
   assert report["strategy"] == "prm_search" and report["n_problems"] == 3
   assert 0.0 <= report["result"]["accuracy"] <= 1.0
   assert report["n_sweep"]["n"] == [1, 2] and len(report["n_sweep"]["prm_best_of_n"]) == 2
+  assert "oracle_best_of_n" not in report["n_sweep"] and len(report["n_sweep"]["oracle_pass@n"]) == 2
   assert report["budget_sweep"]["budget"] == [4, 8]
   assert report["budget_sweep"]["cap_thinking_tokens"] == [4.0, 8.0]
   assert open(tmp_path / "out" / "tts.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert has_prm(str(tmp_path / "prm"))
+  # The comparison at equal tokens, with the PRM just saved, on a JSONL evaluation set
+  # (config.eval.source) of 3 problems.
+  jsonl = tmp_path / "eval.jsonl"
+  jsonl.write_text("".join(json.dumps(dict(prompt=p.prompt, answer=p.answer, solution=p.solution,
+                                           task=p.task)) + "\n"
+                           for p in mixture(TASK_NAMES.split(","), "test", 3, 7, 1)))
+  compare = cmd[:6] + ["--config.eval.max_new_tokens=12", "--config.eval.batch_size=64",
+                       f"--config.eval.source=jsonl:{jsonl}", "--eval_set=source",
+                       "--strategy=compare", f"--prm_dir={tmp_path / 'prm'}", "--beam_width=2",
+                       "--expansions=2", "--step_tokens=6", "--max_n=8",
+                       f"--output={tmp_path / 'compare.json'}"]
+  run = subprocess.run(compare, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "PRM search" in run.stdout and "oracle pass@" in run.stdout, run.stdout
+  report = json.load(open(tmp_path / "compare.json"))
+  assert report["n_problems"] == 3 and report["eval_set"] == f"jsonl:{jsonl}"
+  assert set(report["result"]["strategies"]) >= {"prm_search", "majority", "best_of_n_prm"}
   # A missing model directory is a one-line error.
   bad = subprocess.run(cmd[:4] + [f"--model_dir={tmp_path / 'nope'}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120, env=env)

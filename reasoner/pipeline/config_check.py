@@ -10,6 +10,7 @@ from reasoner.data.tasks import TASKS
 from reasoner.losses.dpo import DPOConfig
 from reasoner.losses.grpo import GRPOConfig
 from reasoner.model.config import ModelConfig
+from reasoner.pipeline.eval_source import parse_eval_source
 from reasoner.rewards.composite import RewardConfig
 from reasoner.stages import STAGES as STAGE_TABLE
 from reasoner.stages import STAGE_NAMES as STAGES
@@ -109,6 +110,7 @@ def validate_config(config) -> None:
       raise ValueError(f"config.data.tasks: unknown task(s) {bad or tasks}; available: {', '.join(sorted(TASKS))}")
   if config.data.source == "jsonl" and not config.data.path:
     raise ValueError("config.data.source='jsonl' needs config.data.path")
+  parse_eval_source(config)  # raises naming config.eval.source
   if config.init not in ("pretrain",) and not config.init:
     raise ValueError("config.init must be 'pretrain' or the path of a model directory / Hugging Face folder")
   model = {k: v for k, v in config.model.to_dict().items() if k != "preset"}

@@ -48,3 +48,8 @@ def evaluate(params, model_cfg, tokenizer, problems: Sequence[Problem], prompts_
     metrics["examples"] = [{"prompt": problems[i].prompt, "completion": greedy_texts[i]}
                            for i in range(min(3, len(problems)))]
   return metrics
+
+
+def prefixed(metrics: dict, prefix: str) -> dict:
+  """`metrics` of a second evaluation set under `prefix` (its examples left out)."""
+  return {f"{prefix}{k}": v for k, v in metrics.items() if k != "examples"}

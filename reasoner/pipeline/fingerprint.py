@@ -5,7 +5,9 @@ shape that model and its evaluation, flattened to dotted names. They are the run
 (seed, init, r1_zero, model, tokenizer, data), the blocks of the stage that makes the model and of
 every stage its input came from (its parents, and for distillation the student's `init_from`
 model), and `eval`. Fields that only say how or where to run (memory budgets, the mesh, logging,
-checkpoint cadence, which stages to run, the hardware plan) are left out.
+checkpoint cadence, which stages to run, the hardware plan) are left out, and so is
+eval.source: the second evaluation set shapes no model, and eval.json records the source it was
+computed with, so a change re-runs only that set's evaluation (`Pipeline._evaluate`).
 
 The pipeline writes the fingerprint when it first touches a model (before training it), and on
 every later run compares it before reusing anything in that directory (a finished model, a step
@@ -27,7 +29,7 @@ FILE = "fingerprint.json"
 _RUN_WIDE = ("seed", "init", "r1_zero", "model", "tokenizer", "data")
 # Fields that do not change results: how and where the run executes.
 _IGNORED = ("tokens_per_device", "rollout_rows", "max_prompt_tokens", "batch_size@eval",
-            "actor_devices", "logits_chunk_mib", "remat")
+            "actor_devices", "logits_chunk_mib", "remat", "source@eval")
 
 
 def _flatten(node: Any, prefix: str) -> dict:

@@ -14,6 +14,8 @@ STAGE_MODELS = (("m0", "M0 base"), ("sft", "M1 SFT"), ("sft@best_t", "M1 @ best 
                 ("distill", "M3 distilled"), ("dpo", "M4 DPO"))
 COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_length", "pref_acc",
            "reward_acc")
+# The second evaluation set's (config.eval.source) columns, shown when a model has them.
+SOURCE_COLUMNS = ("ood/pass@1", "ood/greedy_acc")
 
 
 def _value(metrics: Mapping, col: str):
@@ -24,13 +26,16 @@ def _value(metrics: Mapping, col: str):
 
 
 def format_table(report: Mapping[str, Mapping]) -> str:
-  """A fixed-width table, one row per evaluated model, in pipeline order."""
+  """A fixed-width table, one row per evaluated model, in pipeline order (with the columns of
+  config.eval.source's set when a model has them, and a line naming that source)."""
   rows = [(label, report[name]) for name, label in STAGE_MODELS if name in report]
-  header = f"{'model':<14}" + "".join(f"{c:>12}" for c in COLUMNS)
+  columns = COLUMNS + tuple(c for c in SOURCE_COLUMNS if any(c in m for _, m in rows))
+  header = f"{'model':<14}" + "".join(f"{c.replace('_acc', ''):>12}" if c.startswith("ood/")
+                                      else f"{c:>12}" for c in columns)
   lines = [header, "-" * len(header)]
   for label, m in rows:
     cells = []
-    for c in COLUMNS:
+    for c in columns:
       v = _value(m, c)
       if v is None:
         cells.append(f"{'-':>12}")
@@ -39,6 +44,9 @@ def format_table(report: Mapping[str, Mapping]) -> str:
       else:
         cells.append(f"{100 * v:>11.1f}%")
     lines.append(f"{label:<14}" + "".join(cells))
+  sources = sorted({m["eval_source"] for _, m in rows if m.get("eval_source")})
+  if sources:
+    lines.append(f"ood/: config.eval.source = {', '.join(sources)}")
   return "\n".join(lines)
 
 

@@ -26,7 +26,9 @@ from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, m
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
 from reasoner.pipeline.config_check import control_temperatures, resolve_stages, validate_config
-from reasoner.pipeline.evaluate import evaluate
+from reasoner.pipeline.eval_source import PREFIX as EVAL_SOURCE_PREFIX
+from reasoner.pipeline.eval_source import eval_source_problems
+from reasoner.pipeline.evaluate import evaluate, prefixed
 from reasoner.pipeline.fingerprint import check_fingerprint
 from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
                              held_out_problems, load_stage_model, save_stage_model, stable_seed,
@@ -124,31 +126,52 @@ class Pipeline:
 
   # ---- evaluation ----------------------------------------------------------------------------
   def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
+    """eval.json of `model`: the test split of config.data, plus config.eval.source's set under
+    'ood/' (reasoner/pipeline/eval_source.py). A cached eval.json made with another eval.source
+    keeps its test-split metrics and has only the second set redone."""
     path = join(self.ctx.stage_dir(model), "eval.json")
-    if exists(path):
-      return read_json(path)
-    if self._eval_problems is None:
-      self._eval_problems = held_out_problems(self.ctx)
-    metrics = self._metrics(params, model_cfg, self._eval_problems, self.config.eval.temperature)
-    metrics.update(extra or {})
+    e = self.config.eval
+    source = str(e.get("source", "") or "").strip()
+    cached = read_json(path) if exists(path) else None
+    if cached is not None and cached.get("eval_source", "") == source:
+      return cached
+    t0 = time.time()
+    if cached is None:
+      if self._eval_problems is None:
+        self._eval_problems = held_out_problems(self.ctx)
+      metrics = self._metrics(params, model_cfg, self._eval_problems, e.temperature)
+      metrics.update(extra or {})
+    else:
+      metrics = {k: v for k, v in cached.items()
+                 if not k.startswith(EVAL_SOURCE_PREFIX) and k != "eval_source"}
+    if source:
+      if getattr(self, "_source_problems", (None,))[0] != source:
+        self._source_problems = (source, eval_source_problems(self.config, e.n_problems))
+      metrics.update(prefixed(self._metrics(params, model_cfg, self._source_problems[1],
+                                            e.temperature, stream=1), EVAL_SOURCE_PREFIX))
+      metrics["eval_source"] = source
+    metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + time.time() - t0
     if is_writer():
       write_json(path, metrics)
+    ood = (f"; {source}: pass@1={100 * metrics[EVAL_SOURCE_PREFIX + 'pass@1']:.1f}% "
+           f"greedy={100 * metrics[EVAL_SOURCE_PREFIX + 'greedy_acc']:.1f}%" if source else "")
     log(f"[eval] {model}: pass@1={100 * metrics['pass@1']:.1f}% "
          f"greedy={100 * metrics['greedy_acc']:.1f}% "
-         f"format={100 * metrics['format_rate']:.1f}% ({metrics['eval_seconds']:.0f}s)")
+         f"format={100 * metrics['format_rate']:.1f}%{ood} ({metrics['eval_seconds']:.0f}s)")
     return metrics
 
   def _metrics(self, params, model_cfg: ModelConfig, problems, temperature: float,
-               greedy: bool = True) -> dict:
+               greedy: bool = True, stream: int = 0) -> dict:
+    """`evaluate` on `problems` with config.eval's settings at `temperature`; `stream` picks the
+    random stream (0: the test split's, also used by the controls, so equal settings give equal
+    numbers; 1: the second evaluation set's)."""
     e = self.config.eval
     prompts = [self.ctx.encode_prompt(p.prompt) for p in problems]
-    t0 = time.time()
-    metrics = evaluate(params, model_cfg, self.tokenizer, problems, prompts, k=e.k,
-                       temperature=temperature, max_new_tokens=e.max_new_tokens,
-                       rng=jax.random.fold_in(self.rng, 999), mesh=self.mesh,
-                       batch_size=e.batch_size, greedy=greedy)
-    metrics["eval_seconds"] = time.time() - t0
-    return metrics
+    rng = jax.random.fold_in(self.rng, 999)
+    return evaluate(params, model_cfg, self.tokenizer, problems, prompts, k=e.k,
+                    temperature=temperature, max_new_tokens=e.max_new_tokens,
+                    rng=jax.random.fold_in(rng, stream) if stream else rng, mesh=self.mesh,
+                    batch_size=e.batch_size, greedy=greedy)
 
   def _best_temperature(self, model: str, params, model_cfg: ModelConfig) -> dict:
     """The best-temperature control: `model` sampled at each of eval.control_temperatures on

@@ -24,7 +24,7 @@ _Z975 = 1.960
 
 # Metrics a study reports (those present in the runs' reports), and the order of the models.
 METRICS = ("pass@1", "greedy_acc", "maj@k", "pass@k", "format_rate", "mean_length", "pref_acc",
-           "reward_acc")
+           "reward_acc", "ood/pass@1", "ood/greedy_acc")  # ood/: config.eval.source's set
 MODELS = tuple(name for name, _ in STAGE_MODELS)
 _LABELS = dict(STAGE_MODELS)
 # Paired differences reported with their own interval (per seed, model minus baseline): M2
@@ -66,7 +66,7 @@ def _metric_value(metrics: Mapping, name: str):
   if name in ("maj@k", "pass@k"):  # the runs name them with their k (pass@1 is its own row)
     prefix = name[:-1]
     ks = [int(key[len(prefix):]) for key in metrics
-          if key.startswith(prefix) and key[len(prefix):].isdigit()]
+          if key.startswith(prefix) and key[len(prefix):].isdigit() and int(key[len(prefix):]) > 1]
     return metrics[f"{prefix}{max(ks)}"] if ks else None
   return metrics.get(name)
 

@@ -6,6 +6,8 @@ Verifiers (each gives scores [P, N], higher = better):
   prm         a process reward model's score of the last step (or min / product of the steps).
   confidence  the policy's mean token log-prob (no extra model).
 With prm and confidence, samples without an extractable answer rank below all others.
+The default is confidence: an oracle pick uses the reference answer, so its "accuracy" is pass@N
+(report it as `oracle pass@N`, never as a strategy's accuracy).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def best_of_n_metrics(correct: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def best_of_n(policy: Policy, problems: Sequence[Problem], n: int, sampling: SamplingConfig,
-              rng: jax.Array, *, verifier: str = "oracle", prm=None, aggregate: str = "last",
+              rng: jax.Array, *, verifier: str = "confidence", prm=None, aggregate: str = "last",
               samples: Optional[Samples] = None) -> dict:
   """Samples n completions per problem (or uses `samples`) and keeps the one `verifier` ranks
   best. Returns {'accuracy', 'pass@1', 'pass@n', 'chosen', 'completions' (the kept ones)}."""

@@ -7,6 +7,11 @@ score) and the `beam_width` best distinct ones are kept (finished beams without 
 A beam is finished when it emits EOS or reaches `max_new_tokens`. All beams of all problems are
 expanded in one batched `generate` call per round (padded to a fixed number of prompts, so every
 round reuses one compiled program).
+
+Generated tokens (`stats`, and prm_search's 'generated_tokens'): every token the sampler returned
+for a real beam's expansion, kept or not, summed per problem: the search's cost on the same
+scale as a sampled completion's length (`Samples.lengths`). The rows that only pad a call to its
+fixed width, and the PRM's forward passes over the candidates, are not generated tokens.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def _score(prm, policy: Policy, items) -> None:
 def beam_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array, *,
                 beam_width: int = 4, expansions: int = 4, max_steps: Optional[int] = None,
                 step_tokens: int = 32, max_new_tokens: int = 128,
-                temperature: float = 1.0) -> list[list[Beam]]:
+                temperature: float = 1.0, stats: Optional[dict] = None) -> list[list[Beam]]:
   """PRM-guided step-level beam search; returns, per problem, up to `beam_width` beams sorted by
   PRM score, best first (fewer only when fewer distinct candidates were found; finished beams
   without an extractable answer come after the others).
@@ -58,6 +63,9 @@ def beam_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array
   A beam ends at EOS or after `max_new_tokens` generated tokens (capped so that prompt + beam +
   one step fits the model's max_seq_len). `max_steps` (default: no limit) bounds the rounds;
   beams still open after it are returned unfinished (done=False).
+
+  `stats` (a dict, optional) receives 'generated_tokens': [P] int, the tokens generated for each
+  problem over all rounds (the module docstring), and 'rounds'.
   """
   if min(beam_width, expansions, step_tokens, max_new_tokens) < 1 or (max_steps or 1) < 1:
     raise ValueError("beam_width, expansions, step_tokens, max_new_tokens and max_steps must "
@@ -74,6 +82,7 @@ def beam_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array
   step_cfg = SamplingConfig(max_new_tokens=step_tokens, temperature=temperature, n=expansions,
                             stop_token_ids=stops)
   beams = [[Beam(())] for _ in problems]
+  spent = np.zeros(len(problems), np.int64)
   round_ = 0
   while max_steps is None or round_ < max_steps:
     live = [(i, b) for i, bs in enumerate(beams) for b in bs if not b.done]
@@ -86,13 +95,17 @@ def beam_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array
     new = []
     for k, (i, b) in enumerate(live):
       for j in range(expansions):
-        ids = (b.ids + tuple(rows[k * expansions + j][0]))[:max_new_tokens]
+        step = rows[k * expansions + j][0]
+        spent[i] += len(step)
+        ids = (b.ids + tuple(step))[:max_new_tokens]
         cand = Beam(ids, done=_finished(ids, eos, max_new_tokens))
         pools[i].append(cand)
         new.append((problems[i], prompts[i], cand))
     _score(prm, policy, new)
     beams = [_top(pool, beam_width, tok) for pool in pools]
     round_ += 1
+  if stats is not None:
+    stats.update(generated_tokens=spent, rounds=round_)
   return beams
 
 
@@ -116,11 +129,18 @@ def _top(pool: Sequence[Beam], k: int, tokenizer) -> list[Beam]:
 
 def prm_search(policy: Policy, prm, problems: Sequence[Problem], rng: jax.Array, **kw) -> dict:
   """Accuracy of the top beam of `beam_search` (kw: its options), with the oracle best of the
-  final beams as an upper bound. Returns {'accuracy', 'beam_pass', 'completions', 'scores'}."""
-  beams = beam_search(policy, prm, problems, rng, **kw)
+  final beams as an upper bound (an oracle figure, not a strategy's accuracy). Returns
+  {'accuracy', 'beam_pass', 'correct' ([P] bool, the top beam's), 'beam_correct' ([P][beams]),
+  'generated_tokens' ([P] int), 'mean_generated_tokens', 'completions', 'scores'}."""
+  stats = {}
+  beams = beam_search(policy, prm, problems, rng, stats=stats, **kw)
   texts = [[policy.tokenizer.decode(list(b.ids)) for b in bs] for bs in beams]
   correct = [[is_correct(p, t) for t in ts] for p, ts in zip(problems, texts)]
   return {"accuracy": float(np.mean([c[0] for c in correct])),
           "beam_pass": float(np.mean([any(c) for c in correct])),
+          "correct": [bool(c[0]) for c in correct],
+          "beam_correct": correct,
+          "generated_tokens": stats["generated_tokens"].tolist(),
+          "mean_generated_tokens": float(stats["generated_tokens"].mean()),
           "completions": [t[0] for t in texts],
           "scores": [[b.score for b in bs] for bs in beams]}
