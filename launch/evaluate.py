@@ -23,7 +23,8 @@ majority vote, best-of-N (PRM- and confidence-scored) and one sample on the same
 with its accuracy, 95% Wilson interval over problems and generated tokens per problem, then the
 oracle upper bounds apart (`reasoner.tts.sweep.compare_strategies`); a table is printed.
 
-Problems are the pipeline's held-out set (config.data's test split, config.seed), or with
+Problems are the pipeline's held-out set (config.data's test split, config.seed), its validation
+split with --eval_set=validation (choose settings there, report test once), or with
 --eval_set=source the second evaluation set of config.eval.source (held-out task families, a JSONL
 file or GSM8K: reasoner/pipeline/eval_source.py); prompts use config.tokenizer.template. Results are printed and written as JSON to --output (default: next to
 --plot, else nothing is written). --train_prm fits a PRM head on the model's hidden states from
@@ -54,8 +55,10 @@ _WAIT_TEXT = flags.DEFINE_string("wait_text", " Wait,", "Text injected to extend
 _ANSWER_TOKENS = flags.DEFINE_integer("answer_tokens", 16, "Tokens allowed after </think>.")
 _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", None, "Held-out problems (default "
                                      "config.eval.n_problems).")
-_EVAL_SET = flags.DEFINE_enum("eval_set", "test", ["test", "source"],
-                              "test: config.data's test split; source: config.eval.source's set.")
+_EVAL_SET = flags.DEFINE_enum("eval_set", "test", ["test", "validation", "source"],
+                              "test: config.data's test split (what is reported); validation: its "
+                              "validation split (for choosing settings); source: "
+                              "config.eval.source's set.")
 _VERIFIER = flags.DEFINE_enum("verifier", None, ["prm", "confidence", "oracle"],
                               "Scorer of best_of_n (default: prm when a PRM is given, else "
                               "confidence; oracle reports pass@N, labelled as such).")
@@ -171,7 +174,7 @@ def run(config, model_dir: str) -> dict:
       raise ValueError("--eval_set=source needs config.eval.source (e.g. tasks:countdown)")
     problems = eval_source_problems(config, _NUM_PROBLEMS.value or e.n_problems)
   else:
-    problems = held_out_problems(ctx, _NUM_PROBLEMS.value or e.n_problems)
+    problems = held_out_problems(ctx, _NUM_PROBLEMS.value or e.n_problems, split=_EVAL_SET.value)
   rng = jax.random.PRNGKey(seed)
   sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature)
   strategy = _STRATEGY.value
@@ -180,7 +183,7 @@ def run(config, model_dir: str) -> dict:
   needs_prm = strategy in ("prm_search", "compare") or (strategy == "best_of_n" and verifier == "prm")
   prm = None
   report = {"model_dir": model_dir, "strategy": strategy, "n_problems": len(problems),
-            "eval_set": "test" if _EVAL_SET.value == "test" else config.eval.source,
+            "eval_set": config.eval.source if _EVAL_SET.value == "source" else _EVAL_SET.value,
             "seed": seed, "temperature": temperature, "max_new_tokens": max_new}
   if strategy == "best_of_n":
     report["verifier"] = verifier
