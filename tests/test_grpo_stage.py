@@ -39,9 +39,11 @@ def test_row_buckets():
 
 def stage_ctx(tmp_path, tokenizer, loss_agg, init=True):
   cfg = tiny()
-  # One update per batch, no replay or entropy term unless a test turns them on.
+  # One update per batch, no replay or entropy term unless a test turns them on; one round of
+  # dynamic sampling (a step short of P mixed groups) unless a test asks for more.
   cfg.grpo.update(dict(steps=1, prompts_per_step=4, group_size=4, max_new_tokens=16,
-                       dynamic_sampling=True, epochs=1, minibatches=1, replay_weight=0.0))
+                       dynamic_sampling=True, max_sampling_rounds=1, epochs=1, minibatches=1,
+                       replay_weight=0.0))
   cfg.grpo.loss.update(dict(loss_agg=loss_agg, entropy_coef=0.0))
   cfg.grpo.reward.w_lang = 1.0  # a random model's rewards then vary within most groups
   cfg.grpo.optim.learning_rate = 1e-2
@@ -97,7 +99,7 @@ def controlled_rollouts(ctx, monkeypatch, mixed_prompts):
   """A stand-in sampler and reward: completions of 1..max_new_tokens random tokens (a function
   of the call's key), and the first completion of a prompt in `mixed_prompts` scores 1, every
   other one 0 (so only those groups have mixed rewards). Returns the list the sampler's calls are
-  recorded in: (prompts, batch_rows, rollouts)."""
+  recorded in: (prompts, batch_rows, rollouts, key)."""
   G = ctx.config.grpo.group_size
 
   def rewards(problems, texts, lengths, cfg):
@@ -114,7 +116,7 @@ def controlled_rollouts(ctx, monkeypatch, mixed_prompts):
     ro = Rollouts([list(p) for p in prompts for _ in range(sampling.n)], completions,
                   [""] * len(completions), lengths, lengths < sampling.max_new_tokens,
                   [np.zeros(n, bool) for n in lengths], [np.zeros(n, np.float32) for n in lengths])
-    calls.append((prompts, batch_rows, ro))
+    calls.append((prompts, batch_rows, ro, rng))
     return ro
 
   monkeypatch.setattr(grpo_stage, "compute_rewards", rewards)
@@ -166,6 +168,8 @@ def test_dynamic_sampling_resamples_until_the_step_holds_p_mixed_groups(tmp_path
   assert [c[:2] for c in calls] == [([ctx.encode_prompt(p.prompt) for p in ps], 16) for ps in rounds]
   assert len(gb.rows["tokens"]) == 16  # exactly P groups of G rows
   trained_groups_check(ctx, gb, calls, mixed[:4])  # the fifth mixed group is beyond P: dropped
+  for r, call in enumerate(calls):  # round r keyed fold_in(rng, r) (round 0 as it always was)
+    np.testing.assert_array_equal(call[3], jax.random.fold_in(jax.random.PRNGKey(3), r))
   lengths = np.concatenate([c[2].lengths for c in calls])
   m = gb.metrics
   assert group_counts(m) == (3, 12, 4, 0)

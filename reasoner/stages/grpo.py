@@ -153,8 +153,7 @@ def make_collect(ctx: StageContext):
                    done_rate=float(ro.done.mean()), sampled_tokens=float(ro.lengths.sum()),
                    sampling_rounds=float(len(rounds)), groups_sampled=float(sampled),
                    groups_mixed_frac=float(mixed_mask.mean()), groups_trained=float(n_trained),
-                   groups_kept=n_trained / sampled,
-                   groups_shortfall=float(P - n_trained if grpo_cfg.dynamic_sampling else 0),
+                   groups_kept=n_trained / sampled, groups_shortfall=float(P - n_trained),
                    **{"time/rollout_s": time.perf_counter() - t0 - reward_s,
                       "time/reward_s": reward_s})
     return GRPOBatch(rows, behaviour, metrics, bool(keep.any()))
