@@ -111,7 +111,7 @@ def make_collect(ctx: StageContext):
     problems = ctx.problems("train", n, "grpo", step, *([r] if r else []))
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
     # Calls of `call_width` prompts each (a later round's prompt count is a multiple of it): all
-    # share one compiled sampler program. Round 0 calls the sampler as grpo.rollout_rows says.
+    # share one compiled sampler program. For round 0 this is the same as batch_rows=rollout_rows.
     ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, r),
                     batch_rows=call_width * G)
     t_reward = time.perf_counter()
