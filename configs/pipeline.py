@@ -99,7 +99,12 @@ def tiny() -> ConfigDict:
   c.grpo.top_p = 1.0  # nucleus sampling of the rollouts; 1 = off
   c.grpo.epochs = 1  # optimisation epochs over each batch of rollouts
   c.grpo.minibatches = 4  # updates per batch of rollouts (per epoch)
-  c.grpo.dynamic_sampling = True  # drop groups whose rewards are all equal (DAPO)
+  # DAPO dynamic sampling: groups whose rewards are all equal carry no gradient, so each step
+  # samples rounds of fresh prompts until it holds prompts_per_step groups with mixed rewards
+  # (at most max_sampling_rounds rounds; short of that, it trains on those it has) and trains on
+  # those only. False: one round, every group trained on.
+  c.grpo.dynamic_sampling = True
+  c.grpo.max_sampling_rounds = 3
   # The policy loss (reasoner.losses.grpo.GRPOConfig, whose defaults are the GRPO paper's). The
   # tiny model's settings: DAPO's clip-higher and token-mean aggregation, no KL term, and
   # entropy minimisation (BUILD_NOTES "GRPO with SFT replay and an entropy term").

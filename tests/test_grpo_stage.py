@@ -1,6 +1,7 @@
 """The synchronous GRPO stage's batch layout (rows of dropped groups are left out, in bucketed
-row counts, which leaves the update unchanged) and its SFT replay term; the preference metrics
-the pipeline reports for the DPO stage."""
+row counts, which leaves the update unchanged), its dynamic sampling (rounds of fresh prompts
+until the step holds prompts_per_step mixed groups) and its SFT replay term; the preference
+metrics the pipeline reports for the DPO stage."""
 
 import jax
 import numpy as np
@@ -13,8 +14,11 @@ from reasoner.losses.sft import sft_loss
 from reasoner.model import ModelConfig
 from reasoner.io.metrics_log import MetricsWriter
 from reasoner.stages.context import StageContext
+from reasoner.pipeline.config_check import validate_config
+from reasoner.sampling.rollouts import Rollouts
+from reasoner.stages import grpo as grpo_stage
 from reasoner.stages.grpo import (GRPOBatch, grpo_config, make_collect, make_learn, make_replay,
-                                   row_buckets)
+                                   next_round_prompts, row_buckets)
 from reasoner.train import init_train_state, make_optimizer
 
 MODEL = ModelConfig(vocab_size=384, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
@@ -33,18 +37,20 @@ def test_row_buckets():
   assert row_buckets(4, 8)(2) == 4
 
 
-def stage_ctx(tmp_path, tokenizer, loss_agg):
+def stage_ctx(tmp_path, tokenizer, loss_agg, init=True):
   cfg = tiny()
-  # One update per batch, no replay or entropy term unless a test turns them on.
+  # One update per batch, no replay or entropy term unless a test turns them on; one round of
+  # dynamic sampling (a step short of P mixed groups) unless a test asks for more.
   cfg.grpo.update(dict(steps=1, prompts_per_step=4, group_size=4, max_new_tokens=16,
-                       dynamic_sampling=True, epochs=1, minibatches=1, replay_weight=0.0))
+                       dynamic_sampling=True, max_sampling_rounds=1, epochs=1, minibatches=1,
+                       replay_weight=0.0))
   cfg.grpo.loss.update(dict(loss_agg=loss_agg, entropy_coef=0.0))
   cfg.grpo.reward.w_lang = 1.0  # a random model's rewards then vary within most groups
   cfg.grpo.optim.learning_rate = 1e-2
   mesh = sharding.make_mesh(1, -1, 1, devices=jax.devices()[:2])
   ctx = StageContext(cfg, str(tmp_path), mesh, MODEL, tokenizer,
                      MetricsWriter(str(tmp_path), tensorboard=False))
-  return ctx, sharding.sharded_init(MODEL, jax.random.PRNGKey(0), mesh)
+  return ctx, sharding.sharded_init(MODEL, jax.random.PRNGKey(0), mesh) if init else None
 
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
@@ -77,6 +83,143 @@ def test_rows_of_dropped_groups_do_not_change_the_update(tmp_path, arith_tokeniz
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
   for key in ("loss", "grad_norm", "n_tokens"):  # the loss is ~0: advantages sum to 0
     np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_next_round_prompts():
+  # need / (mixed rate so far), at most P, rounded up to whole sampler calls of `width` prompts.
+  assert next_round_prompts(3, 1, 4, 4, 4) == 4  # wants 12, capped at P = 4
+  assert next_round_prompts(1, 3, 4, 4, 2) == 2  # wants 2 (rate 3/4)
+  assert next_round_prompts(1, 3, 8, 4, 4) == 4  # wants 3, one call of 4
+  assert next_round_prompts(2, 0, 4, 8, 2) == 8  # nothing mixed yet: P
+  assert next_round_prompts(3, 6, 8, 32, 5) == 5  # wants 4, one call of 5
+  assert next_round_prompts(30, 2, 64, 32, 12) == 36  # wants P = 32: three calls of 12
+
+
+def controlled_rollouts(ctx, monkeypatch, mixed_prompts):
+  """A stand-in sampler and reward: completions of 1..max_new_tokens random tokens (a function
+  of the call's key), and the first completion of a prompt in `mixed_prompts` scores 1, every
+  other one 0 (so only those groups have mixed rewards). Returns the list the sampler's calls are
+  recorded in: (prompts, batch_rows, rollouts, key)."""
+  G = ctx.config.grpo.group_size
+
+  def rewards(problems, texts, lengths, cfg):
+    r = np.array([float(i % G == 0 and p.prompt in mixed_prompts) for i, p in enumerate(problems)],
+                 np.float32)
+    return r, {"r_out": r}
+
+  calls = []
+
+  def sample(params, prompts, sampling, rng, batch_rows=0):
+    gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).tolist())
+    lengths = gen.integers(1, sampling.max_new_tokens + 1, len(prompts) * sampling.n)
+    completions = [gen.integers(10, 100, n).tolist() for n in lengths]
+    ro = Rollouts([list(p) for p in prompts for _ in range(sampling.n)], completions,
+                  [""] * len(completions), lengths, lengths < sampling.max_new_tokens,
+                  [np.zeros(n, bool) for n in lengths], [np.zeros(n, np.float32) for n in lengths])
+    calls.append((prompts, batch_rows, ro, rng))
+    return ro
+
+  monkeypatch.setattr(grpo_stage, "compute_rewards", rewards)
+  ctx.sample = sample
+  return calls
+
+
+def round_problems(ctx, step, *ns):
+  """The training problems of each round of step `step` (round r has ns[r] of them)."""
+  return [ctx.problems("train", n, "grpo", step, *([r] if r else [])) for r, n in enumerate(ns)]
+
+
+def group_counts(metrics):
+  return tuple(metrics[k] for k in ("sampling_rounds", "groups_sampled", "groups_trained",
+                                    "groups_shortfall"))
+
+
+def trained_groups_check(ctx, gb, calls, groups):
+  """The batch's first rows are those of `groups` ((round, prompt) pairs, in order): their
+  prompts, completions and advantages (rewards 1, 0, ..., 0 normalised by hand); the rest carry no
+  loss."""
+  G = ctx.config.grpo.group_size
+  r = np.array([1.0] + [0.0] * (G - 1))
+  want_adv = (r - r.mean()) / (r.std(ddof=1) + 1e-6)
+  for k, (rnd, j) in enumerate(groups):
+    prompt = calls[rnd][0][j]
+    for i in range(G):
+      row, completion = k * G + i, calls[rnd][2].completion_ids[j * G + i]
+      tokens = gb.rows["tokens"][row]
+      assert tokens[:len(prompt)].tolist() == prompt
+      assert tokens[len(prompt):len(prompt) + len(completion)].tolist() == completion
+      assert gb.rows["loss_mask"][row].sum() > 0
+      np.testing.assert_allclose(gb.rows["advantages"][row], want_adv[i], rtol=1e-5)
+  assert not gb.rows["loss_mask"][len(groups) * G:].any()
+
+
+def test_dynamic_sampling_resamples_until_the_step_holds_p_mixed_groups(tmp_path, arith_tokenizer,
+                                                                        monkeypatch):
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean", init=False)  # a fake sampler
+  ctx.config.grpo.update(dict(max_sampling_rounds=3, rollout_rows=0))  # P = 4 prompts per call
+  rounds = round_problems(ctx, 7, 4, 4, 4)
+  assert len({p.prompt for ps in rounds for p in ps}) == 12  # fresh prompts every round
+  # Round 0: 1 mixed group; round 1: 2 (3 < P); round 2: 2, of which the first makes P.
+  mixed = [(0, 1), (1, 0), (1, 2), (2, 0), (2, 3)]
+  calls = controlled_rollouts(ctx, monkeypatch, {rounds[r][j].prompt for r, j in mixed})
+  gb = make_collect(ctx)(params, 7, jax.random.PRNGKey(3))
+  # Round 0 is the step's usual problems; round 1 samples need / rate = 3 / (1/4) -> P = 4
+  # prompts, round 2 1 / (3/8) -> 3, rounded up to one call of 4; all in calls of P x G rows.
+  assert [c[:2] for c in calls] == [([ctx.encode_prompt(p.prompt) for p in ps], 16) for ps in rounds]
+  assert len(gb.rows["tokens"]) == 16  # exactly P groups of G rows
+  trained_groups_check(ctx, gb, calls, mixed[:4])  # the fifth mixed group is beyond P: dropped
+  for r, call in enumerate(calls):  # round r keyed fold_in(rng, r) (round 0 as it always was)
+    np.testing.assert_array_equal(call[3], jax.random.fold_in(jax.random.PRNGKey(3), r))
+  lengths = np.concatenate([c[2].lengths for c in calls])
+  m = gb.metrics
+  assert group_counts(m) == (3, 12, 4, 0)
+  assert m["groups_mixed_frac"] == pytest.approx(5 / 12)
+  assert m["groups_kept"] == pytest.approx(4 / 12)
+  # Reward and lengths over every sampled completion (48): five completions scored 1.
+  assert m["reward"] == pytest.approx(5 / 48) and m["reward/r_out"] == pytest.approx(5 / 48)
+  assert m["sampled_tokens"] == lengths.sum()
+  assert m["response_length"] == pytest.approx(lengths.mean())
+  assert gb.any_kept
+
+
+def test_dynamic_sampling_stops_at_max_sampling_rounds_and_reports_the_shortfall(
+    tmp_path, arith_tokenizer, monkeypatch):
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean", init=False)  # a fake sampler
+  ctx.config.grpo.update(dict(max_sampling_rounds=2, rollout_rows=8))  # 2 prompts per call
+  rounds = round_problems(ctx, 2, 4, 2)
+  mixed = [(0, 0), (0, 2), (0, 3)]  # 3 mixed in round 0, none in round 1
+  calls = controlled_rollouts(ctx, monkeypatch, {rounds[r][j].prompt for r, j in mixed})
+  gb = make_collect(ctx)(params, 2, jax.random.PRNGKey(1))
+  # Round 1 samples 1 / (3/4) -> 2 prompts: one call of the same width as round 0's two.
+  assert [c[:2] for c in calls] == [([ctx.encode_prompt(p.prompt) for p in ps], 8) for ps in rounds]
+  assert len(gb.rows["tokens"]) == row_buckets(16, 2)(12) == 12
+  trained_groups_check(ctx, gb, calls, mixed)
+  m = gb.metrics
+  assert group_counts(m) == (2, 6, 3, 1)
+  assert m["groups_mixed_frac"] == pytest.approx(0.5) and m["groups_kept"] == pytest.approx(0.5)
+  assert m["reward"] == pytest.approx(3 / 24)
+
+
+def test_without_dynamic_sampling_one_round_trains_every_group(tmp_path, arith_tokenizer,
+                                                               monkeypatch):
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean", init=False)  # a fake sampler
+  ctx.config.grpo.update(dict(dynamic_sampling=False, max_sampling_rounds=3))
+  calls = controlled_rollouts(ctx, monkeypatch, set())  # no group mixed
+  gb = make_collect(ctx)(params, 7, jax.random.PRNGKey(3))
+  assert len(calls) == 1 and len(gb.rows["tokens"]) == 16
+  assert gb.rows["loss_mask"].any(axis=1).all() and not gb.rows["advantages"].any() and gb.any_kept
+  m = gb.metrics
+  assert group_counts(m) == (1, 4, 4, 0)
+  assert (m["groups_mixed_frac"], m["groups_kept"]) == (0.0, 1.0)
+
+
+def test_max_sampling_rounds_is_validated():
+  cfg = tiny()
+  validate_config(cfg)
+  for value in (0, -1):
+    cfg.grpo.max_sampling_rounds = value
+    with pytest.raises(ValueError, match="config.grpo.max_sampling_rounds must be >= 1"):
+      validate_config(cfg)
 
 
 def test_replay_adds_the_sft_loss_on_replayed_solutions(tmp_path, arith_tokenizer):

@@ -99,6 +99,9 @@ def validate_config(config) -> None:
       build(_get(config, key))
     except (TypeError, ValueError) as e:
       raise ValueError(f"config.{key}: {e}") from None
+  if not config.grpo.max_sampling_rounds >= 1:
+    raise ValueError(f"config.grpo.max_sampling_rounds must be >= 1 (1 = no resampling), "
+                     f"got {config.grpo.max_sampling_rounds}")
   if config.grpo.replay_weight < 0:
     raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), "
                      f"got {config.grpo.replay_weight}")

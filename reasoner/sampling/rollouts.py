@@ -32,6 +32,14 @@ class Rollouts:
   logprobs: list[np.ndarray]  # [rows] the sampling policy's log-prob of each completion token
 
 
+def concat_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
+  """The rows of `parts` one after the other (prompt-major order kept within each)."""
+  lists = {f.name: [x for r in parts for x in getattr(r, f.name)]
+           for f in dataclasses.fields(Rollouts) if f.name not in ("lengths", "done")}
+  return Rollouts(**lists, lengths=np.concatenate([r.lengths for r in parts]),
+                  done=np.concatenate([r.done for r in parts]))
+
+
 def sample_rollouts(params, model_cfg: ModelConfig, tokenizer: Tokenizer,
                     prompts: Sequence[Sequence[int]], sampling: SamplingConfig, rng: jax.Array, *,
                     mesh=None, batch_rows: int = 0, min_prompts: int = 0) -> Rollouts:

@@ -5,15 +5,27 @@ them (accuracy + format), turn rewards into group-normalised advantages, then ru
 passes of PPO-clip minibatch updates against the log-probs the policy had when sampling, with an
 optional KL penalty to the frozen starting model.
 
+Dynamic sampling (grpo.dynamic_sampling, DAPO's, as published): a group whose G rewards are all
+equal has zero advantage and no gradient, so the step keeps sampling rounds of fresh training
+prompts until it holds P groups with mixed rewards and trains on exactly those P (mixed groups
+beyond P are dropped). grpo.max_sampling_rounds bounds the rounds; a step that reaches it short
+of P trains on the mixed groups it has (`groups_shortfall` in its metrics). Round 0 is the step's
+P prompts as without dynamic sampling; a later round samples the prompts still needed at the
+mixed rate seen so far (at most P), rounded up to whole sampler calls, so every call has round
+0's width and reuses its compiled program (`next_round_prompts`). Metrics: `sampling_rounds`,
+`groups_sampled`, `groups_mixed_frac` (of those sampled), `groups_trained`, `groups_kept`
+(trained / sampled); reward, response length, done rate, `sampled_tokens` and the rollout /
+reward times cover every round. Without dynamic sampling: one round, every group trained on.
+
 A step is two halves that the asynchronous mode (`reasoner.stages.async_grpo`) runs on different
 threads: `make_collect` (sample, score, lay out rows: the actor's half, a function of the params
 it is given) and `make_learn` (recompute old / reference log-probs, update: the learner's half).
 
 The update costs more than the sampling, so the rows carry no dead weight: with dynamic sampling
-the rows of dropped groups are left out (the row count is rounded up to a quarter of the batch,
-so it takes at most four compiles), rows are as wide as the longest prompt + completion sampled
-(rounded up to 32), and with one update per batch the old log-probs are not recomputed (the ratio
-is 1 by definition: `grpo_objective` with old_logp=None).
+the rows of groups not trained on are left out (a step short of P mixed groups rounds its row
+count up to a quarter of the batch, so it takes at most four compiles), rows are as wide as the
+batch's longest prompt + completion (rounded up to 32), and with one update per batch the old
+log-probs are not recomputed (the ratio is 1 by definition: `grpo_objective` with old_logp=None).
 
 With config.model.lora_rank > 0 the stage trains adapters on its starting model frozen
 (`reasoner/stages/trainable.py`): rollouts sample base + adapters and the KL reference is the
@@ -25,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -35,6 +47,7 @@ from reasoner.losses.logprobs import logprob_gap, sequence_logprobs
 from reasoner.losses.sft import sft_loss
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
+from reasoner.sampling.rollouts import Rollouts, concat_rollouts
 from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
@@ -56,8 +69,16 @@ class GRPOBatch:
   """One step's scored rollouts, laid out as training rows."""
   rows: dict  # tokens / positions / segment_ids / loss_mask (dropped groups zeroed) / advantages
   behaviour_logprobs: np.ndarray  # [rows, t] the sampling policy's per-token log-probs
-  metrics: dict  # rewards, response length, groups kept, done rate, rollout time
+  metrics: dict  # rewards, response length, groups sampled / trained, done rate, rollout time
   any_kept: bool  # some group has a non-zero advantage
+
+
+class SampledRound(NamedTuple):
+  """One round of a step's sampling (rows prompt-major, G per prompt)."""
+  rollouts: Rollouts
+  rewards: np.ndarray  # [rows] float32
+  parts: dict  # reward components, each [rows]
+  reward_s: float  # seconds spent scoring
 
 
 def rollout_sampling(grpo_cfg) -> SamplingConfig:
@@ -67,28 +88,56 @@ def rollout_sampling(grpo_cfg) -> SamplingConfig:
 
 
 def make_collect(ctx: StageContext):
-  """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`."""
+  """collect(params, step, rng) -> GRPOBatch for step `step` sampled with `params`.
+
+  Round r samples G completions for each of its prompts (round 0: the step's P training problems
+  `ctx.problems("train", P, "grpo", step)`, keyed fold_in(rng, 0); round r > 0: fresh ones,
+  `ctx.problems("train", n, "grpo", step, r)`, keyed fold_in(rng, r)). Without dynamic sampling
+  there is one round and every group is trained on. With it, rounds go on until P groups with
+  mixed rewards are held or grpo.max_sampling_rounds is reached (`next_round_prompts` sizes them);
+  the first P mixed groups in sampling order are trained on, the others are masked out. Reward,
+  response-length and done-rate metrics are over every sampled completion, of all rounds."""
   grpo_cfg = ctx.config.grpo
   scale_by_std = grpo_config(grpo_cfg).scale_by_std
   P, G = grpo_cfg.prompts_per_step, grpo_cfg.group_size
   sampling = rollout_sampling(grpo_cfg)
+  call_width = call_prompts(grpo_cfg)
+  max_rounds = int(grpo_cfg.max_sampling_rounds) if grpo_cfg.dynamic_sampling else 1
   n_rows = row_buckets(P * G, grpo_cfg.minibatches * batch_shards(ctx.mesh),
                        compact=grpo_cfg.dynamic_sampling and grpo_cfg.loss.loss_agg != "constant")
 
-  def collect(params, step: int, rng: jax.Array) -> GRPOBatch:
-    t0 = time.perf_counter()
-    problems = ctx.problems("train", P, "grpo", step)
+  def sample_round(params, step: int, rng: jax.Array, r: int, n: int) -> SampledRound:
+    """Round `r` of step `step`: `n` prompts, G completions each, scored."""
+    problems = ctx.problems("train", n, "grpo", step, *([r] if r else []))
     prompts = [ctx.encode_prompt(p.prompt) for p in problems]
-    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, 0),
-                    batch_rows=int(grpo_cfg.rollout_rows))
+    # Calls of `call_width` prompts each (a later round's prompt count is a multiple of it): all
+    # share one compiled sampler program. For round 0 this is the same as batch_rows=rollout_rows.
+    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, r),
+                    batch_rows=call_width * G)
     t_reward = time.perf_counter()
     rewards, parts = compute_rewards([p for p in problems for _ in range(G)], ro.texts, ro.lengths,
                                      grpo_cfg.reward)
-    reward_s = time.perf_counter() - t_reward
-    adv = np.asarray(group_advantages(np.asarray(rewards, np.float32), G, scale_by_std=scale_by_std))
-    keep = (np.asarray(filter_zero_variance_groups(np.asarray(rewards), G)) if grpo_cfg.dynamic_sampling
-            else np.ones(P * G, bool))
-    # Kept rows first, then as many dropped ones (masked out) as the row bucket needs.
+    return SampledRound(ro, np.asarray(rewards, np.float32), parts, time.perf_counter() - t_reward)
+
+  def collect(params, step: int, rng: jax.Array) -> GRPOBatch:
+    t0 = time.perf_counter()
+    rounds, n, mixed = [], P, 0
+    while True:
+      rounds.append(sample_round(params, step, rng, len(rounds), n))
+      mixed += int(mixed_groups(rounds[-1].rewards, G).sum())
+      if mixed >= P or len(rounds) == max_rounds:
+        break
+      n = next_round_prompts(P - mixed, mixed, sum(len(r.rewards) for r in rounds) // G, P,
+                             call_width)
+    ro = concat_rollouts([r.rollouts for r in rounds])
+    rewards = np.concatenate([r.rewards for r in rounds])
+    parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
+    reward_s = sum(r.reward_s for r in rounds)
+    adv = np.asarray(group_advantages(rewards, G, scale_by_std=scale_by_std))
+    mixed_mask = mixed_groups(rewards, G)
+    trained = train_groups(mixed_mask, P) if grpo_cfg.dynamic_sampling else np.ones_like(mixed_mask)
+    keep = np.repeat(trained, G)
+    # Trained rows first, then as many others (masked out) as the row bucket needs.
     order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])[:n_rows(int(keep.sum()))]
     pick = lambda xs: [xs[i] for i in order]
     prompt_ids, completion_ids = pick(ro.prompt_ids), pick(ro.completion_ids)
@@ -98,15 +147,47 @@ def make_collect(ctx: StageContext):
     behaviour = rows.pop("behaviour_logprobs")
     rows["loss_mask"] *= keep[order, None].astype(np.float32)
     rows["advantages"] = adv[order].astype(np.float32)
+    sampled, n_trained = len(mixed_mask), int(trained.sum())
     metrics = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
     metrics.update(reward=float(np.mean(rewards)), response_length=float(ro.lengths.mean()),
-                   groups_kept=float(keep.reshape(P, G)[:, 0].mean()), done_rate=float(ro.done.mean()),
-                   sampled_tokens=float(ro.lengths.sum()),
+                   done_rate=float(ro.done.mean()), sampled_tokens=float(ro.lengths.sum()),
+                   sampling_rounds=float(len(rounds)), groups_sampled=float(sampled),
+                   groups_mixed_frac=float(mixed_mask.mean()), groups_trained=float(n_trained),
+                   groups_kept=n_trained / sampled, groups_shortfall=float(P - n_trained),
                    **{"time/rollout_s": time.perf_counter() - t0 - reward_s,
                       "time/reward_s": reward_s})
     return GRPOBatch(rows, behaviour, metrics, bool(keep.any()))
 
   return collect
+
+
+def mixed_groups(rewards, group_size: int) -> np.ndarray:
+  """rewards [n] (prompt-major) -> bool [n / group_size]: the groups whose rewards differ."""
+  return np.asarray(filter_zero_variance_groups(np.asarray(rewards), group_size))[::group_size]
+
+
+def train_groups(mixed: np.ndarray, prompts: int) -> np.ndarray:
+  """Dynamic sampling's choice: the first `prompts` mixed groups (bool mask over groups)."""
+  mixed = np.asarray(mixed, bool)
+  return mixed & (np.cumsum(mixed) <= prompts)
+
+
+def call_prompts(grpo_cfg) -> int:
+  """Prompts per sampler call of the GRPO stage: grpo.rollout_rows // G (at least 1), at most
+  prompts_per_step (all of them when rollout_rows is 0)."""
+  P, G = int(grpo_cfg.prompts_per_step), int(grpo_cfg.group_size)
+  rows = int(grpo_cfg.rollout_rows)
+  return P if rows <= 0 else min(P, max(1, rows // G))
+
+
+def next_round_prompts(need: int, mixed: int, sampled: int, prompts: int, width: int) -> int:
+  """Prompts the next round of dynamic sampling samples, `need` mixed groups short after
+  `sampled` groups of which `mixed` were mixed: need / (the mixed rate so far), `prompts` (P)
+  when none was mixed, at most P; rounded up to whole sampler calls of `width` prompts (a call
+  costs the same however many of its prompts are real, so the rest are fresh prompts rather than
+  padding), so every round's calls share round 0's compiled program."""
+  want = prompts if mixed <= 0 else min(prompts, -(-need * sampled // mixed))
+  return -(-max(1, want) // width) * width
 
 
 def row_width(tokens: int) -> int:
