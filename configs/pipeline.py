@@ -87,7 +87,10 @@ def tiny() -> ConfigDict:
 
   c.grpo = ConfigDict()
   c.grpo.steps = 60  # GRPO steps: one batch of rollouts each
-  c.grpo.prompts_per_step = 32  # problems sampled per step
+  # Problems per step: with dynamic sampling, the groups with mixed rewards each step trains on
+  # (24: about as many as the 32 sampled per step kept on average before dynamic sampling
+  # resampled, so the update costs what it did).
+  c.grpo.prompts_per_step = 24
   c.grpo.group_size = 8  # completions per problem (G), advantages normalised within the group
   c.grpo.max_new_tokens = 64  # the longest completion sampled
   # Prompt tokens a GRPO row is planned for (`launch.plan`: row width = this + max_new_tokens,
