@@ -185,3 +185,31 @@ def test_fingerprints_hold_the_fields_the_method_reads():
   on_policy.distill.on_policy.temperature = 0.7
   assert fingerprint(on_policy, "distill") != fp
   assert fingerprint(on_policy, "dpo")["distill.on_policy.temperature"] == 0.7  # a descendant
+
+
+def test_pipeline_runs_the_on_policy_stage(tmp_path):
+  """`--config.distill.method=on_policy` through the pipeline at the e2e tests' smoke size, with
+  random models standing in for M0, M1 and M2 (the stage's wiring, not what it learns)."""
+  import json
+
+  from reasoner.pipeline.run import Pipeline
+  from tests.test_pipeline_e2e import small_config
+
+  cfg = small_config("distill")
+  cfg.distill.method = "on_policy"
+  cfg.distill.update(dict(steps=2, max_new_tokens=24))
+  cfg.distill.on_policy.update(dict(prompts_per_step=4, samples_per_prompt=2))
+  pipe = Pipeline(cfg, str(tmp_path))
+  for i, name in enumerate(("m0", "sft", "grpo")):
+    params = sharding.sharded_init(pipe.ctx.model_cfg, jax.random.PRNGKey(i), pipe.mesh)
+    save_stage_model(pipe.ctx, name, params, pipe.ctx.model_cfg)
+    (tmp_path / "stages" / name / "eval.json").write_text('{"pass@1": 0.0}')  # not re-evaluated
+  report = pipe.run()
+  assert list(report) == ["m0", "sft", "grpo", "distill"] and "greedy_acc" in report["distill"]
+  assert (tmp_path / "stages" / "distill" / "final" / "model_config.json").exists()
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  steps = [r for r in rows if r["stage"] == "distill"]
+  assert [r["step"] for r in steps] == [2]  # log_every 2
+  assert {"loss", "reverse_kl", "accuracy", "response_length"} <= set(steps[0])
+  saved = json.load(open(tmp_path / "stages" / "distill" / "fingerprint.json"))
+  assert saved["distill.method"] == "on_policy" and "distill.n_problems" not in saved
