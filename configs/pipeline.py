@@ -134,6 +134,12 @@ def tiny() -> ConfigDict:
   c.grpo.async_rl = ConfigDict(dict(enabled=False, max_staleness=1, is_clip=2.0, actor_devices=0))
 
   c.distill = ConfigDict()
+  # "rejection": the teacher samples, its verified samples are kept and the student is fine-tuned
+  # on them (the fields below). "on_policy": the student samples, the teacher scores the sampled
+  # tokens and the student minimises its reverse KL to the teacher (the `on_policy` block; it
+  # also reads max_new_tokens, init_from, steps, tokens_per_device and optim, not the rejection
+  # sampling fields, and needs student=""). reasoner/stages/distill.py.
+  c.distill.method = "rejection"
   c.distill.n_problems = 1200  # training problems the teacher (M2) samples
   c.distill.samples_per_problem = 4
   c.distill.temperature = 0.8  # the teacher's sampling temperature
@@ -146,6 +152,13 @@ def tiny() -> ConfigDict:
   c.distill.seq_len = 128
   c.distill.tokens_per_device = 0
   c.distill.optim = _optim(1e-3, 200, warmup=10)
+  # On-policy distillation: each of the `steps` steps samples samples_per_prompt completions of
+  # prompts_per_step training problems from the student at `temperature` (1 = the student's own
+  # distribution, which the loss assumes) and takes one update on them. loss: "sampled" (reverse
+  # KL on the sampled tokens, from the teacher's log-probs of them) | "full" (exact reverse KL
+  # against the teacher's whole next-token distributions; small vocabularies only).
+  c.distill.on_policy = ConfigDict(dict(prompts_per_step=8, samples_per_prompt=4, temperature=1.0,
+                                        loss="sampled"))
 
   c.dpo = ConfigDict()
   c.dpo.n_problems = 600  # training problems M3 samples preference pairs from

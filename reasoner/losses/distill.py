@@ -93,4 +93,5 @@ def full_reverse_kl_loss(params, batch: Mapping[str, Any], rng: jax.Array, *,
                        batch.get("segment_ids"))
   mask = batch["loss_mask"].astype(jnp.float32)
   loss = masked_mean(kl, mask)
-  return loss, {"loss": jax.lax.stop_gradient(loss), "n_tokens": jnp.sum(mask)}
+  value = jax.lax.stop_gradient(loss)
+  return loss, {"loss": value, "reverse_kl": value, "n_tokens": jnp.sum(mask)}

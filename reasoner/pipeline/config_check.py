@@ -14,7 +14,7 @@ from reasoner.pipeline.eval_source import parse_eval_source
 from reasoner.rewards.composite import RewardConfig
 from reasoner.stages import STAGES as STAGE_TABLE
 from reasoner.stages import STAGE_NAMES as STAGES
-from reasoner.stages.distill import INIT_MODELS
+from reasoner.stages.distill import INIT_MODELS, METHODS as DISTILL_METHODS, ON_POLICY_LOSSES
 from reasoner.train.optim import as_optim_config
 
 # Blocks built into a dataclass by the stage that reads them.
@@ -28,6 +28,8 @@ _CHOICES = {
     "data.source": ("procedural", "gsm8k", "jsonl"),
     "distill.init_from": tuple(INIT_MODELS),
     "eval.split": ("test", "validation"),
+    "distill.method": DISTILL_METHODS,
+    "distill.on_policy.loss": ON_POLICY_LOSSES,
     "tokenizer.kind": ("sentencepiece", "from_init", "dir"),
 }
 _POSITIVE = (
@@ -36,6 +38,8 @@ _POSITIVE = (
     "grpo.steps", "grpo.prompts_per_step", "grpo.max_new_tokens", "grpo.epochs", "grpo.minibatches",
     "grpo.replay_batch_size", "grpo.replay_seq_len", "grpo.replay_problems",
     "distill.steps", "distill.batch_size", "distill.samples_per_problem", "distill.max_new_tokens",
+    "distill.on_policy.prompts_per_step", "distill.on_policy.samples_per_prompt",
+    "distill.on_policy.temperature",
     "dpo.steps", "dpo.batch_size", "dpo.max_new_tokens", "dpo.samples_per_problem",
     "eval.n_problems", "eval.k", "eval.max_new_tokens",
     "log_every", "checkpoint_every", "max_skipped_steps")
@@ -106,6 +110,10 @@ def validate_config(config) -> None:
     raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), "
                      f"got {config.grpo.replay_weight}")
   _check_async_rl(config.grpo.async_rl)
+  if config.distill.method == "on_policy" and config.distill.student:
+    raise ValueError(f"config.distill.student={config.distill.student!r} needs "
+                     f"config.distill.method='rejection': on-policy distillation samples from the "
+                     f"student, so it starts from config.distill.init_from, not from scratch")
   if config.data.source == "procedural":
     tasks = [t.strip() for t in config.data.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]

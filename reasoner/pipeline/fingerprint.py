@@ -5,9 +5,10 @@ shape that model and its evaluation, flattened to dotted names. They are the run
 (seed, init, r1_zero, model, tokenizer, data), the blocks of the stage that makes the model and of
 every stage its input came from (its parents, and for distillation the student's `init_from`
 model), and `eval`. Fields that only say how or where to run (memory budgets, the mesh, logging,
-checkpoint cadence, which stages to run, the hardware plan) are left out, and so is
-eval.source: the second evaluation set shapes no model, and eval.json records the source it was
-computed with, so a change re-runs only that set's evaluation (`Pipeline._evaluate`).
+checkpoint cadence, which stages to run, the hardware plan) are left out, and so are the fields of
+the distillation method not chosen (`_unread_by_method`) and eval.source: the second evaluation
+set shapes no model, and eval.json records the source it was computed with, so a change re-runs
+only that set's evaluation (`Pipeline._evaluate`).
 
 The pipeline writes the fingerprint when it first touches a model (before training it), and on
 every later run compares it before reusing anything in that directory (a finished model, a step
@@ -66,12 +67,27 @@ def _lineage(config: ConfigDict, model: str) -> list[str]:
   return blocks
 
 
+# The distill fields only rejection sampling reads (on-policy distillation reads the others).
+_REJECTION_ONLY = ("n_problems", "samples_per_problem", "temperature", "batch_size", "seq_len")
+
+
+def _unread_by_method(config: ConfigDict) -> tuple:
+  """Dotted prefixes of the distill fields that config.distill.method does not read. Under
+  "rejection" that is the on-policy block and `method` itself (at its default), so models made
+  before on-policy distillation existed keep their fingerprints."""
+  if config.distill.get("method", "rejection") == "rejection":
+    return ("distill.method", "distill.on_policy.")
+  return tuple(f"distill.{k}" for k in _REJECTION_ONLY)
+
+
 def fingerprint(config: ConfigDict, model: str) -> dict:
   """{dotted field: value} of every field that shapes `model` and its evaluation."""
   out = {}
   for key in (*_RUN_WIDE, *_lineage(config, model), "eval"):
     out.update(_flatten(config[key], key))
-  return {k: v for k, v in sorted(out.items()) if not _ignored(k)}
+  unread = _unread_by_method(config)
+  return {k: v for k, v in sorted(out.items())
+          if not _ignored(k) and not any(k == u or k.startswith(u) for u in unread)}
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:

@@ -24,7 +24,9 @@ Programs (`PROGRAMS`):
   sft            SFT train step, sft.batch_size x sft.seq_len
   grpo           one GRPO update on a minibatch (see `grpo_batch`)
   grpo_logprobs  the old / reference log-prob forward over a whole GRPO batch
-  distill        distillation train step (the student), distill.batch_size x distill.seq_len
+  distill        distillation train step (the student), distill.batch_size x distill.seq_len;
+                 on-policy (distill.method): prompts_per_step x samples_per_prompt rows of
+                 grpo.max_prompt_tokens + distill.max_new_tokens, with the teacher's scores
   dpo            DPO train step: chosen + rejected rows, reference log-probs, replay rows
   sample         the rollout sampler: prefill (prompts_per_step prompts) and decode
                  (prompts_per_step x group_size rows), reported as two rows
@@ -302,6 +304,17 @@ def _plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows
     # The teacher's params, and (full fine-tune) the student's starting copy.
     teacher_bytes = per_device_bytes(params)
     student_bytes = 0 if student.lora_rank else per_device_bytes(abstract_params(student, mesh))
+    if d.method == "on_policy":
+      o = d.on_policy
+      n, t = int(o.prompts_per_step * o.samples_per_prompt), grpo_stage.row_width(
+          int(g.max_prompt_tokens) + int(d.max_new_tokens))
+      batch = row_batch(n, t)
+      if o.loss == "full":
+        batch["teacher_logits"] = jax.ShapeDtypeStruct((n, t, student.vocab_size), jnp.float32)
+      else:
+        batch["teacher_logprobs"] = jax.ShapeDtypeStruct((n, t), jnp.float32)
+      return [_train_step("distill", n, t, student, d, distill_stage.on_policy_loss_fn(o.loss, student),
+                          batch, mesh, teacher_bytes + student_bytes, log)]
     return [_train_step("distill", d.batch_size, d.seq_len, student, d,
                         _sft(student), row_batch(d.batch_size, d.seq_len), mesh,
                         teacher_bytes + student_bytes, log)]
