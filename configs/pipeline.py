@@ -146,6 +146,10 @@ def tiny() -> ConfigDict:
   c.distill.max_new_tokens = 64  # the longest sample
   c.distill.init_from = "sft"  # sft | pretrain | grpo: the student's starting point
   c.distill.student = ""  # model preset for a smaller student; "" = same shape as the teacher
+  # The teacher: "" = this run's M2, or a model directory (e.g. a larger run's
+  # WORKDIR/stages/grpo/final, same tokenizer) to distill into this run's init_from model: a
+  # smaller run's M1 (BUILD_NOTES "Distillation into a smaller student").
+  c.distill.teacher = ""
   # SFT of the student on the kept samples, as for the supervised stages above.
   c.distill.steps = 200
   c.distill.batch_size = 32

@@ -82,6 +82,27 @@ def test_all_stages_wired_end_to_end(tmp_path, monkeypatch, capsys):
     if name != "m0":
       assert (tmp_path / "stages" / name / "final" / "model_config.json").exists()
 
+  # Distillation into a smaller student: a one-layer run (sharing the tokenizer) distils this
+  # run's M2 into its own M1 (config.distill.teacher); M3 has the student's shape.
+  import shutil
+  from reasoner.checkpoint import read_model_config
+  small = tmp_path / "small"
+  shutil.copytree(tmp_path / "tokenizer", small / "tokenizer")
+  cfg = small_config("pretrain,sft,distill")
+  cfg.model.n_layers = 1
+  cfg.distill.n_problems, cfg.distill.steps, cfg.distill.batch_size = 8, 2, 8
+  cfg.distill.teacher = str(tmp_path / "stages" / "grpo" / "final")
+  student = run_pipeline(cfg, str(small))
+  assert list(student) == ["m0", "sft", "distill"]
+  assert read_model_config(str(small / "stages" / "distill" / "final")).n_layers == 1
+  assert read_model_config(str(tmp_path / "stages" / "grpo" / "final")).n_layers == 2
+  assert "teacher: " + cfg.distill.teacher in capsys.readouterr().out
+  cfg.distill.teacher = str(tmp_path / "nowhere")
+  cfg.allow_config_change = True
+  shutil.rmtree(small / "stages" / "distill")
+  with pytest.raises(FileNotFoundError, match="config.distill.teacher=.*no model directory"):
+    run_pipeline(cfg, str(small))
+
 
 def test_sigkill_then_rerun_resumes(tmp_path):
   workdir = tmp_path / "run"

@@ -34,6 +34,7 @@ from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_mode
                              held_out_problems, load_stage_model, save_stage_model, stable_seed,
                              training_model_config)
 from reasoner.stages.dpo import held_out_pairs, preference_metrics
+from reasoner.stages.models import load_model_dir
 from reasoner.stages.pretrain import corpus_document
 from reasoner.tokenizer import format_prompt, load_tokenizer, train_sentencepiece, trained_for
 from reasoner.data.tasks import mixture
@@ -247,9 +248,29 @@ class Pipeline:
     if parent is None:
       ctx, params = self.ctx, None
     else:
-      params, parent_cfg = load_stage_model(self.ctx, parent)
+      teacher = str(self.config.distill.get("teacher", "") or "") if stage.name == "distill" else ""
+      params, parent_cfg = (self._external_teacher(teacher) if teacher
+                            else load_stage_model(self.ctx, parent))
       ctx = self.ctx.for_model(parent_cfg)
     return stage.run(ctx, params, rng), stage.output_config(ctx)
+
+  def _external_teacher(self, path: str):
+    """config.distill.teacher: the model directory at `path` (e.g. a larger run's M2) as the
+    distillation teacher; it must use this run's tokenizer."""
+    if not exists(join(path, "model_config.json")):
+      raise FileNotFoundError(f"config.distill.teacher={path!r}: no model directory there "
+                              "(expected model_config.json, e.g. WORKDIR/stages/grpo/final)")
+    tok_dir = join(path, "tokenizer")
+    if exists(tok_dir):
+      theirs, ours = load_tokenizer(tok_dir), self.tokenizer
+      same = theirs.vocab_size == ours.vocab_size and all(
+          theirs.decode([i]) == ours.decode([i]) for i in range(ours.vocab_size))
+      if not same:
+        raise ValueError(f"config.distill.teacher={path!r} uses another tokenizer than this run's "
+                         f"({join(self.workdir, 'tokenizer')}); copy its tokenizer/ into the "
+                         "workdir before the first stage")
+    log(f"[distill] teacher: {path}")
+    return load_model_dir(self.ctx, path)
 
   def _pref_metric(self, params) -> dict:
     """Preference accuracy on held-out pairs sampled once from M3 (for the M3 and M4 rows)."""

@@ -35,7 +35,7 @@ from reasoner.sharding import sharded_init, to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.grpo import logprob_fn, row_width
 from reasoner.stages.loop import train_loop
-from reasoner.stages.models import load_stage_model
+from reasoner.stages.models import load_stage_model, stage_model_config
 from reasoner.stages.rollouts import rollout_rows, sample_and_verify
 from reasoner.stages.supervised import run_supervised
 from reasoner.stages.trainable import init_stage_state, policy_params, stage_result, train_shardings
@@ -81,8 +81,13 @@ def student_config(config: ConfigDict, teacher_cfg: ModelConfig) -> Optional[Mod
 
 
 def output_model_config(ctx: StageContext) -> ModelConfig:
-  """The shape of the model `run_distill` returns, given the teacher's context."""
-  return student_config(ctx.config, ctx.model_cfg) or ctx.model_cfg
+  """The shape of the model `run_distill` returns, given the teacher's context: the
+  `distill.student` preset, or the `distill.init_from` model's shape (the teacher's, unless the
+  teacher came from elsewhere: `distill.teacher`)."""
+  preset = student_config(ctx.config, ctx.model_cfg)
+  if preset is not None:
+    return preset
+  return stage_model_config(ctx, INIT_MODELS[ctx.config.distill.init_from])
 
 
 def initial_student(ctx: StageContext, rng: jax.Array):
@@ -91,8 +96,12 @@ def initial_student(ctx: StageContext, rng: jax.Array):
   student_cfg = student_config(ctx.config, ctx.model_cfg)
   if student_cfg is not None:
     return sharded_init(student_cfg, jax.random.fold_in(rng, 7), ctx.mesh), ctx.for_model(student_cfg)
-  params, _ = load_stage_model(ctx, INIT_MODELS[ctx.config.distill.init_from])
-  return params, ctx
+  params, init_cfg = load_stage_model(ctx, INIT_MODELS[ctx.config.distill.init_from])
+  if init_cfg.vocab_size != ctx.model_cfg.vocab_size:
+    raise ValueError(f"the student ({ctx.config.distill.init_from}, vocabulary {init_cfg.vocab_size}) "
+                     f"and the teacher (vocabulary {ctx.model_cfg.vocab_size}) must share a "
+                     "tokenizer and vocabulary")
+  return params, ctx.for_model(init_cfg)
 
 
 def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):

@@ -47,7 +47,18 @@ def load_stage_model(ctx: StageContext, name: str):
   if not has_model(ctx, name):
     raise FileNotFoundError(f"stage needs the {name} model at {ctx.final_dir(name)}; "
                             f"run --config.stages={name} first (or the whole pipeline)")
-  model_cfg = training_model_config(read_model_config(ctx.final_dir(name)), ctx.config)
+  return load_model_dir(ctx, ctx.final_dir(name))
+
+
+def load_model_dir(ctx: StageContext, path: str):
+  """(params, model_cfg) of the model directory `path`, sharded over ctx.mesh, with the
+  pipeline's LoRA fields (`training_model_config`)."""
+  model_cfg = training_model_config(read_model_config(path), ctx.config)
   dtype = model_cfg.param_dtype if model_cfg.lora_rank else None
-  params, _, _, _ = load_model(ctx.final_dir(name), mesh=ctx.mesh, dtype=dtype)
+  params, _, _, _ = load_model(path, mesh=ctx.mesh, dtype=dtype)
   return params, model_cfg
+
+
+def stage_model_config(ctx: StageContext, name: str) -> ModelConfig:
+  """The ModelConfig of the model stage `name` left (read from its directory, no weights)."""
+  return training_model_config(read_model_config(ctx.final_dir(name)), ctx.config)
