@@ -35,6 +35,30 @@ def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
   model.param_dtype = base_dtype
 
 
+def _r1_zero_overrides(learning_rate=None) -> ConfigDict:
+  """What R1-Zero mode (config.r1_zero=True) changes, as a nested block of the fields it replaces
+  (applied by reasoner.pipeline.config_check.r1_zero_config, which logs each change; set
+  --config.r1_zero_overrides.grpo.loss.entropy_coef=... to change one). The normal settings are
+  tuned for GRPO from M1; from M0:
+  - grpo.replay_weight 0: the replay term is the SFT loss on reference solutions, SFT by another
+    name (the validation refuses a positive one in R1-Zero mode).
+  - grpo.loss.entropy_coef 0: entropy minimisation sharpens M1 toward its mode; from M0 it would
+    shrink the exploration the format has to be found by.
+  - grpo.reward.w_proc 0.5 (was 0.2): the format term is the first signal from M0 (the answer
+    check needs the answer tags too), so it is worth half a correct answer.
+  - grpo.optim.learning_rate (tiny preset: 5e-5): without the replay term, rates above 5e-5 lost
+    accuracy (BUILD_NOTES "GRPO with SFT replay and an entropy term").
+  - distill.init_from "pretrain": the student starts from M0; there is no M1 (the validation
+    refuses "sft").
+  grpo.max_new_tokens stays: the tasks' full solutions take about half of the tiny preset's 64
+  tokens, which leaves the responses room to grow, and the evaluation and distillation sample the
+  same length."""
+  grpo = dict(replay_weight=0.0, loss=dict(entropy_coef=0.0), reward=dict(w_proc=0.5))
+  if learning_rate is not None:
+    grpo["optim"] = dict(learning_rate=learning_rate)
+  return ConfigDict(dict(grpo=grpo, distill=dict(init_from="pretrain")))
+
+
 def tiny() -> ConfigDict:
   """The README's run: a 4M-parameter model pre-trained here, every stage in minutes on CPU."""
   c = ConfigDict()
@@ -42,8 +66,13 @@ def tiny() -> ConfigDict:
   c.seed = 0  # seeds every stage (data order, sampling, initialisation)
   # Comma-separated subset of: pretrain, sft, grpo, distill, dpo ("all" = every stage).
   c.stages = "all"
-  # R1-Zero: GRPO straight from M0 (skips SFT).
+  # R1-Zero: GRPO straight from M0 (skips SFT). Every prompt then carries an instruction to think
+  # inside <think></think> and answer inside <answer></answer> (R1_ZERO_INSTRUCTION in
+  # reasoner/tokenizer/template.py, the template's system text; config.tokenizer.template and the
+  # tokenizer stay as they are, so a normal run's tokenizer and M0 can be copied in and reused),
+  # and the fields in r1_zero_overrides replace the ones below (see _r1_zero_overrides).
   c.r1_zero = False
+  c.r1_zero_overrides = _r1_zero_overrides(learning_rate=5e-5)
 
   # The decoder (reasoner.model.config.ModelConfig: every field is documented there).
   c.model = ConfigDict(MODEL_PRESETS["tiny"])
@@ -125,7 +154,8 @@ def tiny() -> ConfigDict:
   c.distill.samples_per_problem = 4
   c.distill.temperature = 0.8  # the teacher's sampling temperature
   c.distill.max_new_tokens = 64  # the longest sample
-  c.distill.init_from = "sft"  # sft | pretrain | grpo: the student's starting point
+  # sft | pretrain | grpo: the student's starting point (R1-Zero mode: pretrain, i.e. M0)
+  c.distill.init_from = "sft"
   c.distill.student = ""  # model preset for a smaller student; "" = same shape as the teacher
   # SFT of the student on the kept samples, as for the supervised stages above.
   c.distill.steps = 200
@@ -225,6 +255,7 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.grpo.loss.beta = 0.001
   c.grpo.loss.entropy_coef = 0.0  # the tiny preset's entropy and replay terms are tuned for it only
   c.grpo.replay_weight = 0.0
+  c.r1_zero_overrides = _r1_zero_overrides()  # the learning rate above stays
   c.dpo.loss.nll_weight = 0.0
   c.grpo.loss.constant_norm = 768.0
   c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant")

@@ -25,9 +25,9 @@ from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, m
                          write_json)
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
-from reasoner.pipeline.config_check import resolve_stages, validate_config
+from reasoner.pipeline.config_check import r1_zero_config, resolve_stages, validate_config
 from reasoner.pipeline.evaluate import evaluate
-from reasoner.pipeline.fingerprint import check_fingerprint
+from reasoner.pipeline.fingerprint import check_fingerprint, eval_file
 from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
                              held_out_problems, load_stage_model, save_stage_model, stable_seed,
                              training_model_config)
@@ -103,6 +103,7 @@ class Pipeline:
   final model is evaluated once (eval.json); finished stages are skipped on a rerun."""
 
   def __init__(self, config: ConfigDict, workdir: str):
+    config = r1_zero_config(config, log)  # R1-Zero mode's overrides (configs/pipeline.py)
     validate_config(config)
     self.config, self.workdir = config, workdir
     makedirs(workdir)
@@ -120,7 +121,7 @@ class Pipeline:
 
   # ---- evaluation ----------------------------------------------------------------------------
   def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
-    path = join(self.ctx.stage_dir(model), "eval.json")
+    path = join(self.ctx.stage_dir(model), eval_file(self.config))
     if exists(path):
       return read_json(path)
     e = self.config.eval
@@ -175,10 +176,16 @@ class Pipeline:
 
     extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,
              "total_seconds": time.time() - t_start}
+    grpo_curve = report_lib.curve_summary([r for r in self.writer.read("grpo") if r["step"] > 0],
+                                          report_lib.GRPO_CURVES)
+    if grpo_curve:
+      extra["grpo_curve"] = grpo_curve
     if jax.process_index() == 0:
       report_lib.write_report(join(self.workdir, "report.json"), self.report, extra)
       self._plots()
       log("\n" + report_lib.format_table(self.report))
+      if grpo_curve:
+        log(report_lib.format_curve_summary("grpo", grpo_curve))
       log(f"\nreport: {join(self.workdir, 'report.json')}")
     self.writer.close()
     return self.report
@@ -208,7 +215,7 @@ class Pipeline:
             "n_pref_pairs": len(pairs)}
 
   def _plots(self):
-    for stage, keys in (("grpo", ("reward", "reward/r_out", "response_length", "loss")),
+    for stage, keys in (("grpo", (*report_lib.GRPO_CURVES, "loss")),
                         ("pretrain", ("loss",)), ("sft", ("loss", "accuracy")),
                         ("distill", ("loss",)), ("dpo", ("loss", "reward_accuracy", "reward_margin"))):
       rows = [r for r in self.writer.read(stage) if r["step"] > 0]

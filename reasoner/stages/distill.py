@@ -3,8 +3,9 @@
 The teacher (M2, the params the stage is given) samples N completions per training problem; only
 verified-correct, well-formatted ones are kept (deduplicated), and the student is fine-tuned on
 them with the same response-only cross-entropy as SFT. The student starts from M1 by default
-(`distill.init_from`), or is a smaller model (`distill.student`, a model preset) trained from
-scratch on the kept samples; `output_model_config` tells the pipeline which shape it returns.
+(`distill.init_from`; in R1-Zero mode from M0, as there is no M1), or is a smaller model
+(`distill.student`, a model preset) trained from scratch on the kept samples;
+`output_model_config` tells the pipeline which shape it returns.
 """
 
 from __future__ import annotations
