@@ -102,9 +102,12 @@ def tiny() -> ConfigDict:
   # backward at a time; a batch with more is split into micro-batches whose gradients are
   # accumulated in the same step (0 = the whole batch at once). The batch size is the
   # optimisation setting, this the memory one (size it with `python -m launch.plan`).
-  # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags).
+  # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags); with
+  # tagged_fraction > 0 that share of them write the working and answer inside the tags
+  # (reasoner/stages/pretrain.py: what R1-Zero mode needs of M0 for the format reward to fire).
   c.pretrain = ConfigDict(dict(steps=1000, batch_size=32, seq_len=128, n_documents=20000,
-                               tokens_per_device=0, optim=_optim(3e-3, 1000, warmup=50, wd=0.01)))
+                               tagged_fraction=0.0, tokens_per_device=0,
+                               optim=_optim(3e-3, 1000, warmup=50, wd=0.01)))
   # SFT: on the reference solutions of `n_examples` training problems, loss on the response.
   c.sft = ConfigDict(dict(steps=150, batch_size=32, seq_len=128, n_examples=1500,
                           tokens_per_device=0, optim=_optim(1e-3, 150, warmup=10)))

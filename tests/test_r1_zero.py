@@ -159,3 +159,36 @@ def test_r1_zero_end_to_end_on_a_normal_runs_m0(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert "[r1_zero] grpo.replay_weight: 1.0 -> 0.0" in out
   assert "grpo (steps " in out and "format rate" in out and "response length" in out
+
+
+def test_pretraining_corpus_can_show_m0_the_tags(tmp_path):
+  from reasoner.stages.pretrain import corpus, corpus_document
+
+  config = pipeline_configs.get_config("tiny_smoke")
+  ctx = StageContext(config, "/unused", None, None, None, None)
+  plain = corpus(ctx, 200)
+  assert all("<think>" not in d and "\nWorking: " in d for d in plain)  # the default: no tags
+  assert plain == [corpus_document(p) for p in ctx.problems("train", 200, "pretrain")]
+  config.pretrain.tagged_fraction = 0.25
+  mixed = corpus(ctx, 200)
+  tagged = [d for d in mixed if "<think>" in d]
+  assert 30 <= len(tagged) <= 70 and corpus(ctx, 200) == mixed  # deterministic in the seed
+  problem = ctx.problems("train", 1, "pretrain")[0]
+  doc = corpus_document(problem, tagged=True)
+  assert doc.startswith(f"Question: {problem.prompt}\n<think>")
+  assert doc.endswith(f"</think><answer>{problem.answer}</answer>\n")
+  assert [d for d in mixed if "<think>" not in d] == [d for d, m in zip(plain, mixed) if d == m]
+
+  # M0s made before the field existed keep matching while it stays 0.
+  config.pretrain.tagged_fraction = 0.0
+  check_fingerprint(config, "m0", tmp_path)
+  saved = json.loads((tmp_path / "fingerprint.json").read_text())
+  del saved["pretrain.tagged_fraction"]
+  (tmp_path / "fingerprint.json").write_text(json.dumps(saved))
+  check_fingerprint(config, "m0", tmp_path)
+  config.pretrain.tagged_fraction = 0.1
+  with pytest.raises(ValueError, match="pretrain.tagged_fraction: 0.0 -> 0.1"):
+    check_fingerprint(config, "m0", tmp_path)
+  config.pretrain.tagged_fraction = 1.5
+  with pytest.raises(ValueError, match="tagged_fraction must be in"):
+    validate_config(config)

@@ -118,6 +118,9 @@ def validate_config(config) -> None:
   if config.grpo.replay_weight < 0:
     raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), "
                      f"got {config.grpo.replay_weight}")
+  if not 0.0 <= config.pretrain.get("tagged_fraction", 0.0) <= 1.0:
+    raise ValueError(f"config.pretrain.tagged_fraction must be in [0, 1], "
+                     f"got {config.pretrain.tagged_fraction}")
   if config.r1_zero:
     _check_r1_zero(config)
   _check_async_rl(config.grpo.async_rl)

@@ -33,6 +33,9 @@ _RUN_WIDE = ("seed", "init", "model", "tokenizer", "data")
 # Fields that fingerprints once had and no longer have: absent from the current fingerprint they
 # are not a change (r1_zero was run-wide; M0 and SFT fingerprints written then still hold it).
 _RETIRED = ("r1_zero",)
+# Fields added since, with the value that means what their absence meant: a fingerprint written
+# before they existed is read as having it.
+_ADDED = {"pretrain.tagged_fraction": 0.0}
 # Fields that do not change results: how and where the run executes.
 _IGNORED = ("tokens_per_device", "rollout_rows", "max_prompt_tokens", "batch_size@eval",
             "actor_devices", "logits_chunk_mib", "remat")
@@ -107,6 +110,7 @@ def check_fingerprint(config: ConfigDict, model: str, directory, log=print) -> N
   current = fingerprint(config, model)
   if path.exists():
     saved = {k: v for k, v in read_json(path).items() if k in current or k not in _RETIRED}
+    saved = {**{k: v for k, v in _ADDED.items() if k in current}, **saved}
     changed = changed_fields(saved, current)
     if not changed:
       return
