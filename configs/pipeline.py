@@ -35,7 +35,7 @@ def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
   model.param_dtype = base_dtype
 
 
-def _r1_zero_overrides(learning_rate=None) -> ConfigDict:
+def _r1_zero_overrides(learning_rate=None, max_prompt_tokens=None) -> ConfigDict:
   """What R1-Zero mode (config.r1_zero=True) changes, as a nested block of the fields it replaces
   (applied by reasoner.pipeline.config_check.r1_zero_config, which logs each change; set
   --config.r1_zero_overrides.grpo.loss.entropy_coef=... to change one). The normal settings are
@@ -48,6 +48,8 @@ def _r1_zero_overrides(learning_rate=None) -> ConfigDict:
     check needs the answer tags too), so it is worth half a correct answer.
   - grpo.optim.learning_rate (tiny preset: 5e-5): without the replay term, rates above 5e-5 lost
     accuracy (BUILD_NOTES "GRPO with SFT replay and an entropy term").
+  - grpo.max_prompt_tokens (tiny preset: 128): the instruction adds 64 tokens of the tiny
+    tokenizer to every prompt (the memory plan's row width; results do not depend on it).
   - distill.init_from "pretrain": the student starts from M0; there is no M1 (the validation
     refuses "sft").
   grpo.max_new_tokens stays: the tasks' full solutions take about half of the tiny preset's 64
@@ -56,6 +58,8 @@ def _r1_zero_overrides(learning_rate=None) -> ConfigDict:
   grpo = dict(replay_weight=0.0, loss=dict(entropy_coef=0.0), reward=dict(w_proc=0.5))
   if learning_rate is not None:
     grpo["optim"] = dict(learning_rate=learning_rate)
+  if max_prompt_tokens is not None:
+    grpo["max_prompt_tokens"] = max_prompt_tokens
   return ConfigDict(dict(grpo=grpo, distill=dict(init_from="pretrain")))
 
 
@@ -72,7 +76,7 @@ def tiny() -> ConfigDict:
   # tokenizer stay as they are, so a normal run's tokenizer and M0 can be copied in and reused),
   # and the fields in r1_zero_overrides replace the ones below (see _r1_zero_overrides).
   c.r1_zero = False
-  c.r1_zero_overrides = _r1_zero_overrides(learning_rate=5e-5)
+  c.r1_zero_overrides = _r1_zero_overrides(learning_rate=5e-5, max_prompt_tokens=128)
 
   # The decoder (reasoner.model.config.ModelConfig: every field is documented there).
   c.model = ConfigDict(MODEL_PRESETS["tiny"])
