@@ -107,7 +107,7 @@ def tiny() -> ConfigDict:
   # accumulated in the same step (0 = the whole batch at once). The batch size is the
   # optimisation setting, this the memory one (size it with `python -m launch.plan`).
   # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags); with
-  # tagged_fraction > 0 that share of them write the working and answer inside the tags
+  # tagged_fraction > 0 that share of them are template-formatted solutions in the tags instead
   # (reasoner/stages/pretrain.py: what R1-Zero mode needs of M0 for the format reward to fire).
   c.pretrain = ConfigDict(dict(steps=1000, batch_size=32, seq_len=128, n_documents=20000,
                                tagged_fraction=0.0, tokens_per_device=0,

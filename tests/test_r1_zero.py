@@ -175,8 +175,9 @@ def test_pretraining_corpus_can_show_m0_the_tags(tmp_path):
   assert 30 <= len(tagged) <= 70 and corpus(ctx, 200) == mixed  # deterministic in the seed
   problem = ctx.problems("train", 1, "pretrain")[0]
   doc = corpus_document(problem, tagged=True)
-  assert doc.startswith(f"Question: {problem.prompt}\n<think>")
+  assert doc == f"User: {problem.prompt}\nAssistant:{problem.solution}\n"
   assert doc.endswith(f"</think><answer>{problem.answer}</answer>\n")
+  assert corpus_document(problem, True, "qwen") == format_prompt(problem.prompt, "qwen") + problem.solution + "\n"
   assert [d for d in mixed if "<think>" not in d] == [d for d, m in zip(plain, mixed) if d == m]
 
   # M0s made before the field existed keep matching while it stays 0.
