@@ -176,11 +176,11 @@ class Pipeline:
 
     extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,
              "total_seconds": time.time() - t_start}
-    grpo_curve = report_lib.curve_summary([r for r in self.writer.read("grpo") if r["step"] > 0],
-                                          report_lib.GRPO_CURVES)
-    if grpo_curve:
-      extra["grpo_curve"] = grpo_curve
     if jax.process_index() == 0:
+      grpo_curve = report_lib.curve_summary(
+          [r for r in self.writer.read("grpo") if r["step"] > 0], report_lib.GRPO_CURVES)
+      if grpo_curve:
+        extra["grpo_curve"] = grpo_curve
       report_lib.write_report(join(self.workdir, "report.json"), self.report, extra)
       self._plots()
       log("\n" + report_lib.format_table(self.report))
