@@ -40,8 +40,8 @@ def _r1_zero_overrides(learning_rate=None, max_prompt_tokens=None) -> ConfigDict
   (applied by reasoner.pipeline.config_check.r1_zero_config, which logs each change; set
   --config.r1_zero_overrides.grpo.loss.entropy_coef=... to change one). The normal settings are
   tuned for GRPO from M1; from M0:
-  - grpo.replay_weight 0: the replay term is the SFT loss on reference solutions, SFT by another
-    name (the validation refuses a positive one in R1-Zero mode).
+  - grpo.replay_weight and dpo.replay_weight 0: the replay terms are the SFT loss on reference
+    solutions, SFT by another name (the validation refuses a positive one in R1-Zero mode).
   - grpo.loss.entropy_coef 0: entropy minimisation sharpens M1 toward its mode; from M0 it would
     shrink the exploration the format has to be found by.
   - grpo.reward.w_proc 0.5 (was 0.2): the format term is the first signal from M0 (the answer
@@ -60,7 +60,8 @@ def _r1_zero_overrides(learning_rate=None, max_prompt_tokens=None) -> ConfigDict
     grpo["optim"] = dict(learning_rate=learning_rate)
   if max_prompt_tokens is not None:
     grpo["max_prompt_tokens"] = max_prompt_tokens
-  return ConfigDict(dict(grpo=grpo, distill=dict(init_from="pretrain")))
+  return ConfigDict(dict(grpo=grpo, distill=dict(init_from="pretrain"),
+                         dpo=dict(replay_weight=0.0)))
 
 
 def tiny() -> ConfigDict:

@@ -48,7 +48,7 @@ def test_r1_zero_overrides_and_their_validation():
   r1 = r1_zero_config(_r1(), log=lines.append)
   assert r1.grpo.replay_weight == 0.0 and r1.grpo.loss.entropy_coef == 0.0
   assert r1.grpo.reward.w_proc == 0.5 and r1.grpo.optim.learning_rate == 5e-5
-  assert r1.distill.init_from == "pretrain"
+  assert r1.distill.init_from == "pretrain" and r1.dpo.replay_weight == 0.0
   assert "[r1_zero] grpo.replay_weight: 1.0 -> 0.0" in lines
   assert "[r1_zero] distill.init_from: 'sft' -> 'pretrain'" in lines
   assert r1_zero_config(r1).to_dict() == r1.to_dict()  # idempotent
@@ -65,6 +65,10 @@ def test_r1_zero_overrides_and_their_validation():
   bad = _r1()
   bad.r1_zero_overrides.grpo.replay_weight = 0.5
   with pytest.raises(ValueError, match="replay_weight=0.5: R1-Zero mode takes no replay"):
+    validate_config(bad)
+  bad = _r1()
+  bad.r1_zero_overrides.dpo.replay_weight = 0.5
+  with pytest.raises(ValueError, match="dpo.replay_weight=0.5: R1-Zero mode takes no replay"):
     validate_config(bad)
   bad = _r1()
   bad.r1_zero_overrides.grpo.replay_wieght = 0.0

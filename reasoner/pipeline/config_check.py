@@ -139,10 +139,12 @@ def validate_config(config) -> None:
 
 def _check_r1_zero(config) -> None:
   """R1-Zero trains without supervised data after M0: no replay of reference solutions, no M1."""
-  if config.grpo.replay_weight:
-    raise ValueError(f"config.grpo.replay_weight={config.grpo.replay_weight}: R1-Zero mode takes "
-                     f"no replay (its SFT loss on reference solutions is SFT by another name); "
-                     f"leave config.r1_zero_overrides.grpo.replay_weight at 0")
+  for stage in ("grpo", "dpo"):
+    weight = config[stage].replay_weight
+    if weight:
+      raise ValueError(f"config.{stage}.replay_weight={weight}: R1-Zero mode takes no replay (its "
+                       f"SFT loss on reference solutions is SFT by another name); leave "
+                       f"config.r1_zero_overrides.{stage}.replay_weight at 0")
   if config.distill.init_from == "sft":
     raise ValueError("config.distill.init_from='sft': R1-Zero mode makes no SFT model; the "
                      "student starts from 'pretrain' (M0, the default in R1-Zero mode) or 'grpo'")
