@@ -125,7 +125,9 @@ def test_r1_zero_end_to_end_on_a_normal_runs_m0(tmp_path, monkeypatch, capsys):
   r1_dir.mkdir()
   shutil.copytree(normal_dir / "tokenizer", r1_dir / "tokenizer")
   shutil.copytree(normal_dir / "stages" / "m0", r1_dir / "stages" / "m0")
-  m0_params = sorted(p.stat().st_mtime for p in (r1_dir / "stages" / "m0" / "final").rglob("*"))
+  m0_final = r1_dir / "stages" / "m0" / "final"
+  m0_files = lambda: sorted(p.stat().st_mtime for p in m0_final.rglob("*"))
+  m0_params = m0_files()
 
   prompts = []
   real_sample = sampling_rollouts.sample_rollouts
@@ -146,7 +148,7 @@ def test_r1_zero_end_to_end_on_a_normal_runs_m0(tmp_path, monkeypatch, capsys):
 
   assert list(report) == ["m0", "grpo", "distill"]  # no SFT model
   assert not (r1_dir / "stages" / "sft").exists()
-  assert sorted(p.stat().st_mtime for p in (r1_dir / "stages" / "m0" / "final").rglob("*")) == m0_params
+  assert m0_files() == m0_params
   rows = [json.loads(l) for l in open(r1_dir / "metrics.jsonl")]
   assert {r["stage"] for r in rows} == {"grpo", "distill"}  # M0 reused, not pre-trained again
   assert not any("replay_loss" in r for r in rows)
@@ -181,7 +183,8 @@ def test_pretraining_corpus_can_show_m0_the_tags(tmp_path):
   doc = corpus_document(problem, tagged=True)
   assert doc == f"User: {problem.prompt}\nAssistant:{problem.solution}\n"
   assert doc.endswith(f"</think><answer>{problem.answer}</answer>\n")
-  assert corpus_document(problem, True, "qwen") == format_prompt(problem.prompt, "qwen") + problem.solution + "\n"
+  qwen = corpus_document(problem, True, "qwen")
+  assert qwen == format_prompt(problem.prompt, "qwen") + problem.solution + "\n"
   assert [d for d in mixed if "<think>" not in d] == [d for d, m in zip(plain, mixed) if d == m]
 
   # M0s made before the field existed keep matching while it stays 0.
