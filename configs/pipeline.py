@@ -35,6 +35,35 @@ def _lora(model: ConfigDict, rank: int = 0, alpha: float = 16.0,
   model.param_dtype = base_dtype
 
 
+def _r1_zero_overrides(learning_rate=None, max_prompt_tokens=None) -> ConfigDict:
+  """What R1-Zero mode (config.r1_zero=True) changes, as a nested block of the fields it replaces
+  (applied by reasoner.pipeline.config_check.r1_zero_config, which logs each change; set
+  --config.r1_zero_overrides.grpo.loss.entropy_coef=... to change one). The normal settings are
+  tuned for GRPO from M1; from M0:
+  - grpo.replay_weight and dpo.replay_weight 0: the replay terms are the SFT loss on reference
+    solutions, SFT by another name (the validation refuses a positive one in R1-Zero mode).
+  - grpo.loss.entropy_coef 0: entropy minimisation sharpens M1 toward its mode; from M0 it would
+    shrink the exploration the format has to be found by.
+  - grpo.reward.w_proc 0.5 (was 0.2): the format term is the first signal from M0 (the answer
+    check needs the answer tags too), so it is worth half a correct answer.
+  - grpo.optim.learning_rate (tiny preset: 5e-5): without the replay term, rates above 5e-5 lost
+    accuracy (BUILD_NOTES "GRPO with SFT replay and an entropy term").
+  - grpo.max_prompt_tokens (tiny preset: 128): the instruction adds 64 tokens of the tiny
+    tokenizer to every prompt (the memory plan's row width; results do not depend on it).
+  - distill.init_from "pretrain": the student starts from M0; there is no M1 (the validation
+    refuses "sft").
+  grpo.max_new_tokens stays: the tasks' full solutions take about half of the tiny preset's 64
+  tokens, which leaves the responses room to grow, and the evaluation and distillation sample the
+  same length."""
+  grpo = dict(replay_weight=0.0, loss=dict(entropy_coef=0.0), reward=dict(w_proc=0.5))
+  if learning_rate is not None:
+    grpo["optim"] = dict(learning_rate=learning_rate)
+  if max_prompt_tokens is not None:
+    grpo["max_prompt_tokens"] = max_prompt_tokens
+  return ConfigDict(dict(grpo=grpo, distill=dict(init_from="pretrain"),
+                         dpo=dict(replay_weight=0.0)))
+
+
 def tiny() -> ConfigDict:
   """The README's run: a 4M-parameter model pre-trained here, every stage in minutes on CPU."""
   c = ConfigDict()
@@ -42,8 +71,13 @@ def tiny() -> ConfigDict:
   c.seed = 0  # seeds every stage (data order, sampling, initialisation)
   # Comma-separated subset of: pretrain, sft, grpo, distill, dpo ("all" = every stage).
   c.stages = "all"
-  # R1-Zero: GRPO straight from M0 (skips SFT).
+  # R1-Zero: GRPO straight from M0 (skips SFT). Every prompt then carries an instruction to think
+  # inside <think></think> and answer inside <answer></answer> (R1_ZERO_INSTRUCTION in
+  # reasoner/tokenizer/template.py, the template's system text; config.tokenizer.template and the
+  # tokenizer stay as they are, so a normal run's tokenizer and M0 can be copied in and reused),
+  # and the fields in r1_zero_overrides replace the ones below (see _r1_zero_overrides).
   c.r1_zero = False
+  c.r1_zero_overrides = _r1_zero_overrides(learning_rate=5e-5, max_prompt_tokens=128)
   # Controls (the study sets this): also make M1 + GRPO's SFT replay updates alone (the
   # `replay_control` stage) and evaluate M1 at the temperature of eval.control_temperatures with
   # the best validation pass@1, so that M2's gain can be read against both.
@@ -77,10 +111,13 @@ def tiny() -> ConfigDict:
   # backward at a time; a batch with more is split into micro-batches whose gradients are
   # accumulated in the same step (0 = the whole batch at once). The batch size is the
   # optimisation setting, this the memory one (size it with `python -m launch.plan`).
-  # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags).
+  # Pre-training: on `n_documents` plain-prose documents of the tasks (no reasoning tags); with
+  # tagged_fraction > 0 that share of them are template-formatted solutions in the tags instead
+  # (reasoner/stages/pretrain.py: what R1-Zero mode needs of M0 for the format reward to fire).
   # 600 steps keep the README run under 15 minutes on 2 CPU cores (BUILD_NOTES "Results").
   c.pretrain = ConfigDict(dict(steps=600, batch_size=32, seq_len=128, n_documents=20000,
-                               tokens_per_device=0, optim=_optim(3e-3, 600, warmup=50, wd=0.01)))
+                               tagged_fraction=0.0, tokens_per_device=0,
+                               optim=_optim(3e-3, 600, warmup=50, wd=0.01)))
   # SFT: on the reference solutions of `n_examples` training problems, loss on the response.
   c.sft = ConfigDict(dict(steps=150, batch_size=32, seq_len=128, n_examples=1500,
                           tokens_per_device=0, optim=_optim(1e-3, 150, warmup=10)))
@@ -144,7 +181,8 @@ def tiny() -> ConfigDict:
   c.distill.samples_per_problem = 4
   c.distill.temperature = 0.8  # the teacher's sampling temperature
   c.distill.max_new_tokens = 64  # the longest sample
-  c.distill.init_from = "sft"  # sft | pretrain | grpo: the student's starting point
+  # sft | pretrain | grpo: the student's starting point (R1-Zero mode: pretrain, i.e. M0)
+  c.distill.init_from = "sft"
   c.distill.student = ""  # model preset for a smaller student; "" = same shape as the teacher
   # The teacher: "" = this run's M2, or a model directory (e.g. a larger run's
   # WORKDIR/stages/grpo/final, same tokenizer) to distill into this run's init_from model: a
@@ -267,6 +305,7 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   c.grpo.loss.beta = 0.001
   c.grpo.loss.entropy_coef = 0.0  # the tiny preset's entropy and replay terms are tuned for it only
   c.grpo.replay_weight = 0.0
+  c.r1_zero_overrides = _r1_zero_overrides()  # the learning rate above stays
   c.dpo.loss.nll_weight = 0.0
   c.grpo.loss.constant_norm = 768.0
   c.grpo.optim = _optim(1e-6 * lr_scale, 500, warmup=10, schedule="constant")

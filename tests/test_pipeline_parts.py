@@ -240,11 +240,13 @@ def test_fingerprints_name_the_changed_fields(tmp_path):
   config.allow_config_change = False
   check_fingerprint(config, "grpo", tmp_path)
 
-  # R1-Zero's GRPO does not depend on SFT; a distillation student from init_from does.
+  # R1-Zero's GRPO does not depend on SFT, nor does its distillation (the student starts from
+  # M0); a normal run's student from init_from="sft" does.
   r1 = pipeline_configs.get_config("tiny")
   r1.r1_zero = True
   assert not any(k.startswith("sft.") for k in fingerprint(r1, "grpo"))
-  assert any(k.startswith("sft.") for k in fingerprint(r1, "distill"))
+  assert not any(k.startswith("sft.") for k in fingerprint(r1, "distill"))
+  assert any(k.startswith("sft.") for k in fingerprint(pipeline_configs.get_config("tiny"), "distill"))
 
 
 def test_progress_line_stays_short_and_readable(capsys):

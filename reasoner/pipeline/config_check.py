@@ -1,10 +1,13 @@
 """Validation of a pipeline config: one clear error for an unknown or inconsistent field.
 
 Blocks that a dataclass owns (the model, the losses, the reward, the optimisers) are checked by
-building that dataclass, so its own checks and choices are the only ones.
+building that dataclass, so its own checks and choices are the only ones. R1-Zero mode's
+overrides (config.r1_zero_overrides) are applied here too (`r1_zero_config`).
 """
 
 from __future__ import annotations
+
+from ml_collections import ConfigDict
 
 from reasoner.data.tasks import TASKS
 from reasoner.losses.dpo import DPOConfig
@@ -52,6 +55,39 @@ def _get(config, dotted: str):
   return node
 
 
+def _overrides(node, prefix: str = ""):
+  """(dotted field, value) of every leaf of a nested overrides block."""
+  for key, value in node.items():
+    name = f"{prefix}.{key}" if prefix else key
+    if isinstance(value, (dict, ConfigDict)):
+      yield from _overrides(value, name)
+    else:
+      yield name, value
+
+
+def r1_zero_config(config, log=None):
+  """The config a run uses: `config` itself, or in R1-Zero mode (config.r1_zero) a copy with
+  the fields of config.r1_zero_overrides set (configs/pipeline.py says which and why); `log`
+  gets one line per field that changes. Applying it twice changes nothing more."""
+  if not config.get("r1_zero", False) or not config.get("r1_zero_overrides"):
+    return config
+  out = ConfigDict(config.to_dict())
+  for name, value in _overrides(config.r1_zero_overrides):
+    *path, leaf = name.split(".")
+    node = out
+    for part in path:
+      if part not in node:
+        raise ValueError(f"config.r1_zero_overrides.{name}: config.{'.'.join(path)} does not exist")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"config.r1_zero_overrides.{name}: config.{name} does not exist")
+    if node[leaf] != value:
+      if log is not None:
+        log(f"[r1_zero] {name}: {node[leaf]!r} -> {value!r}")
+      node[leaf] = value
+  return out
+
+
 def resolve_stages(config) -> list[str]:
   """The stages to run, in pipeline order."""
   raw = str(config.stages).strip()
@@ -85,7 +121,9 @@ def control_temperatures(config: ConfigDict) -> list[float]:
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the offending field."""
+  """Raises ValueError naming the offending field (of the config the run uses: R1-Zero mode's
+  overrides applied)."""
+  config = r1_zero_config(config)
   resolve_stages(config)
   control_temperatures(config)
   for key, choices in _CHOICES.items():
@@ -109,6 +147,11 @@ def validate_config(config) -> None:
   if config.grpo.replay_weight < 0:
     raise ValueError(f"config.grpo.replay_weight must be >= 0 (0 = no replay), "
                      f"got {config.grpo.replay_weight}")
+  if not 0.0 <= config.pretrain.get("tagged_fraction", 0.0) <= 1.0:
+    raise ValueError(f"config.pretrain.tagged_fraction must be in [0, 1], "
+                     f"got {config.pretrain.tagged_fraction}")
+  if config.r1_zero:
+    _check_r1_zero(config)
   _check_async_rl(config.grpo.async_rl)
   if config.distill.method == "on_policy" and config.distill.student:
     raise ValueError(f"config.distill.student={config.distill.student!r} needs "
@@ -126,6 +169,19 @@ def validate_config(config) -> None:
     raise ValueError("config.init must be 'pretrain' or the path of a model directory / Hugging Face folder")
   model = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
   ModelConfig.from_dict(model)  # unknown or inconsistent model fields raise here
+
+
+def _check_r1_zero(config) -> None:
+  """R1-Zero trains without supervised data after M0: no replay of reference solutions, no M1."""
+  for stage in ("grpo", "dpo"):
+    weight = config[stage].replay_weight
+    if weight:
+      raise ValueError(f"config.{stage}.replay_weight={weight}: R1-Zero mode takes no replay (its "
+                       f"SFT loss on reference solutions is SFT by another name); leave "
+                       f"config.r1_zero_overrides.{stage}.replay_weight at 0")
+  if config.distill.init_from == "sft":
+    raise ValueError("config.distill.init_from='sft': R1-Zero mode makes no SFT model; the "
+                     "student starts from 'pretrain' (M0, the default in R1-Zero mode) or 'grpo'")
 
 
 def _check_async_rl(a) -> None:

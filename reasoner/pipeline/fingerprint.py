@@ -2,13 +2,16 @@
 
 Each model's directory (`WORKDIR/stages/MODEL/`) holds `fingerprint.json`: the config fields that
 shape that model and its evaluation, flattened to dotted names. They are the run-wide fields
-(seed, init, r1_zero, model, tokenizer, data), the blocks of the stage that makes the model and of
+(seed, init, model, tokenizer, data), the blocks of the stage that makes the model and of
 every stage its input came from (its parents, and for distillation the student's `init_from`
-model), and `eval`. Fields that only say how or where to run (memory budgets, the mesh, logging,
-checkpoint cadence, which stages to run, the hardware plan) are left out, and so are the fields of
-the distillation method not chosen (`_unread_by_method`) and eval.source: the second evaluation
-set shapes no model, and eval.json records the source it was computed with, so a change re-runs
-only that set's evaluation (`Pipeline._evaluate`).
+model), and `eval`, all as R1-Zero mode's overrides leave them (`r1_zero_config`). `r1_zero`
+itself is a field of the models GRPO leads to (grpo, distill, dpo) only: M0 is the same model in
+both modes, so an R1-Zero run reuses a normal run's M0 (its evaluation with the R1-Zero prompt
+goes to a file of its own, `eval_file`). Fields that only say how or where to run (memory
+budgets, the mesh, logging, checkpoint cadence, which stages to run, the hardware plan) are left
+out, and so are the fields of the distillation method not chosen (`_unread_by_method`) and
+eval.source: the second evaluation set shapes no model, and eval.json records the source it was
+computed with, so a change re-runs only that set's evaluation (`Pipeline._evaluate`).
 
 The pipeline writes the fingerprint when it first touches a model (before training it), and on
 every later run compares it before reusing anything in that directory (a finished model, a step
@@ -23,11 +26,18 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from reasoner.io import is_writer, read_json, write_json
+from reasoner.pipeline.config_check import r1_zero_config
 from reasoner.stages import STAGES, Stage
 from reasoner.stages.distill import INIT_MODELS
 
 FILE = "fingerprint.json"
-_RUN_WIDE = ("seed", "init", "r1_zero", "model", "tokenizer", "data")
+_RUN_WIDE = ("seed", "init", "model", "tokenizer", "data")
+# Fields that fingerprints once had and no longer have: absent from the current fingerprint they
+# are not a change (r1_zero was run-wide; M0 and SFT fingerprints written then still hold it).
+_RETIRED = ("r1_zero",)
+# Fields added since, with the value that means what their absence meant: a fingerprint written
+# before they existed is read as having it.
+_ADDED = {"pretrain.tagged_fraction": 0.0}
 # Fields that do not change results: how and where the run executes.
 _IGNORED = ("tokens_per_device", "rollout_rows", "max_prompt_tokens", "batch_size@eval",
             "actor_devices", "logits_chunk_mib", "remat", "source@eval")
@@ -82,8 +92,10 @@ def _unread_by_method(config: ConfigDict) -> tuple:
 
 def fingerprint(config: ConfigDict, model: str) -> dict:
   """{dotted field: value} of every field that shapes `model` and its evaluation."""
-  out = {}
-  for key in (*_RUN_WIDE, *_lineage(config, model), "eval"):
+  config = r1_zero_config(config)
+  lineage = _lineage(config, model)
+  out = {"r1_zero": bool(config.r1_zero)} if "grpo" in lineage else {}
+  for key in (*_RUN_WIDE, *lineage, "eval"):
     out.update(_flatten(config[key], key))
   unread = _unread_by_method(config)
   return {k: v for k, v in sorted(out.items())
@@ -102,13 +114,21 @@ def changed_fields(saved: dict, current: dict) -> list[str]:
   return out
 
 
+def eval_file(config: ConfigDict) -> str:
+  """The name of a model's evaluation file in its directory: `eval.json`, or in R1-Zero mode
+  `eval_r1_zero.json` (its prompts carry the R1-Zero instruction, so M0 scores differently)."""
+  return "eval_r1_zero.json" if config.get("r1_zero", False) else "eval.json"
+
+
 def check_fingerprint(config: ConfigDict, model: str, directory, log=print) -> None:
   """Compares (or first writes) `directory/fingerprint.json` for `model` (module docstring)."""
   from etils import epath  # pylint: disable=import-outside-toplevel
   path = epath.Path(directory) / FILE
   current = fingerprint(config, model)
   if path.exists():
-    changed = changed_fields(read_json(path), current)
+    saved = {k: v for k, v in read_json(path).items() if k in current or k not in _RETIRED}
+    saved = {**{k: v for k, v in _ADDED.items() if k in current}, **saved}
+    changed = changed_fields(saved, current)
     if not changed:
       return
     shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")

@@ -50,6 +50,7 @@ from reasoner import sharding
 from reasoner.losses.sft import sft_loss
 from reasoner.model import decoder, lora
 from reasoner.model.config import ModelConfig
+from reasoner.pipeline.config_check import r1_zero_config
 from reasoner.stages.models import config_model
 from reasoner.sampling import sampler
 from reasoner.stages import distill as distill_stage
@@ -252,6 +253,7 @@ def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mes
   unknown = [p for p in programs if p not in PROGRAMS]
   if unknown or not programs:
     raise ValueError(f"unknown program(s) {unknown or programs}; choose from {', '.join(PROGRAMS)}")
+  config = r1_zero_config(config)  # R1-Zero mode's settings (no replay rows)
   mesh = plan_mesh(config) if mesh is None else mesh
   model_cfg = config_model(config)
   g = config.grpo

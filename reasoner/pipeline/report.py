@@ -16,6 +16,11 @@ COLUMNS = ("pass@1", "maj@k", "pass@k", "greedy_acc", "format_rate", "mean_lengt
            "reward_acc")
 # The second evaluation set's (config.eval.source) columns, shown when a model has them.
 SOURCE_COLUMNS = ("ood/pass@1", "ood/greedy_acc")
+# The GRPO stage's training curves (its metrics rows: the mean reward, the share of well-formatted
+# rollouts, their accuracy, their mean length in tokens), plotted and summarised in the report.
+GRPO_CURVES = ("reward", "reward/format", "reward/r_out", "response_length")
+CURVE_LABELS = {"reward/format": "format rate", "reward/r_out": "accuracy",
+                "response_length": "response length"}
 
 
 def _value(metrics: Mapping, col: str):
@@ -69,7 +74,7 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: 
     xs, ys = zip(*pts)
     ax.plot(xs, ys)
     ax.set_xlabel("step")
-    ax.set_title(k)
+    ax.set_title(CURVE_LABELS.get(k, k))
     ax.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
@@ -77,3 +82,27 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: str, title: 
   fig.savefig(buf, dpi=90, format="png")
   write_bytes(path, buf.getvalue())
   return True
+
+
+def curve_summary(rows: Sequence[Mapping], keys: Sequence[str]) -> dict:
+  """{key: {"first", "last", "first_step", "last_step"}} of each of `keys` over metrics `rows`
+  (the first and last rows that log it); {} when none does."""
+  out = {}
+  for k in keys:
+    pts = [(r["step"], float(r[k])) for r in rows if k in r]
+    if pts:
+      out[k] = {"first": pts[0][1], "last": pts[-1][1], "first_step": pts[0][0],
+                "last_step": pts[-1][0]}
+  return out
+
+
+def format_curve_summary(stage: str, summary: Mapping[str, Mapping]) -> str:
+  """One line: each curve's first -> last logged value, e.g. "grpo (steps 2 -> 60): reward
+  0.01 -> 0.35, format rate 0.0% -> 41.2%, ..." (rates and accuracy in percent)."""
+  steps = next(iter(summary.values()))
+  parts = []
+  for k, v in summary.items():
+    percent = k in ("reward/format", "reward/r_out")
+    show = lambda x: f"{100 * x:.1f}%" if percent else (f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}")
+    parts.append(f"{CURVE_LABELS.get(k, k)} {show(v['first'])} -> {show(v['last'])}")
+  return f"{stage} (steps {steps['first_step']} -> {steps['last_step']}): " + ", ".join(parts)

@@ -25,11 +25,12 @@ from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, m
                          write_json)
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline import report as report_lib
-from reasoner.pipeline.config_check import control_temperatures, resolve_stages, validate_config
+from reasoner.pipeline.config_check import (control_temperatures, r1_zero_config, resolve_stages,
+                                            validate_config)
 from reasoner.pipeline.eval_source import PREFIX as EVAL_SOURCE_PREFIX
 from reasoner.pipeline.eval_source import eval_source_problems
 from reasoner.pipeline.evaluate import evaluate, prefixed
-from reasoner.pipeline.fingerprint import check_fingerprint
+from reasoner.pipeline.fingerprint import check_fingerprint, eval_file
 from reasoner.stages import (STAGES, Stage, StageContext, config_model, has_model,
                              held_out_problems, load_stage_model, save_stage_model, stable_seed,
                              training_model_config)
@@ -110,6 +111,7 @@ class Pipeline:
   final model is evaluated once (eval.json); finished stages are skipped on a rerun."""
 
   def __init__(self, config: ConfigDict, workdir: str):
+    config = r1_zero_config(config, log)  # R1-Zero mode's overrides (configs/pipeline.py)
     validate_config(config)
     self.config, self.workdir = config, workdir
     makedirs(workdir)
@@ -127,10 +129,11 @@ class Pipeline:
 
   # ---- evaluation ----------------------------------------------------------------------------
   def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
-    """eval.json of `model`: the test split of config.data, plus config.eval.source's set under
-    'ood/' (reasoner/pipeline/eval_source.py). A cached eval.json made with another eval.source
-    keeps its test-split metrics and has only the second set redone."""
-    path = join(self.ctx.stage_dir(model), "eval.json")
+    """eval.json of `model` (eval_r1_zero.json in R1-Zero mode: `eval_file`): the test split of
+    config.data, plus config.eval.source's set under 'ood/' (reasoner/pipeline/eval_source.py).
+    A cached one made with another eval.source keeps its test-split metrics and has only the
+    second set redone."""
+    path = join(self.ctx.stage_dir(model), eval_file(self.config))
     e = self.config.eval
     source = str(e.get("source", "") or "").strip()
     cached = read_json(path) if exists(path) else None
@@ -235,9 +238,15 @@ class Pipeline:
     extra = {"seed": config.seed, "preset": config.preset, "stage_seconds": timings,
              "total_seconds": time.time() - t_start}
     if jax.process_index() == 0:
+      grpo_curve = report_lib.curve_summary(
+          [r for r in self.writer.read("grpo") if r["step"] > 0], report_lib.GRPO_CURVES)
+      if grpo_curve:
+        extra["grpo_curve"] = grpo_curve
       report_lib.write_report(join(self.workdir, "report.json"), self.report, extra)
       self._plots()
       log("\n" + report_lib.format_table(self.report))
+      if grpo_curve:
+        log(report_lib.format_curve_summary("grpo", grpo_curve))
       log(f"\nreport: {join(self.workdir, 'report.json')}")
     self.writer.close()
     return self.report
@@ -287,7 +296,7 @@ class Pipeline:
             "n_pref_pairs": len(pairs)}
 
   def _plots(self):
-    for stage, keys in (("grpo", ("reward", "reward/r_out", "response_length", "loss")),
+    for stage, keys in (("grpo", (*report_lib.GRPO_CURVES, "loss")),
                         ("pretrain", ("loss",)), ("sft", ("loss", "accuracy")),
                         ("distill", ("loss",)), ("dpo", ("loss", "reward_accuracy", "reward_margin"))):
       rows = [r for r in self.writer.read(stage) if r["step"] > 0]

@@ -24,7 +24,7 @@ from reasoner.io.metrics_log import MetricsWriter
 from reasoner.model.config import ModelConfig
 from reasoner.sampling import SamplingConfig
 from reasoner.sampling.rollouts import Rollouts, sample_rollouts
-from reasoner.tokenizer import format_prompt
+from reasoner.tokenizer import R1_ZERO_INSTRUCTION, format_prompt
 from reasoner.tokenizer.base import Tokenizer
 
 
@@ -65,8 +65,15 @@ class StageContext:
     return sharding.param_shardings(self.model_cfg, self.mesh)
 
   # ---- text <-> tokens -------------------------------------------------------------------
+  def prompt_text(self, question: str) -> str:
+    """`question` in config.tokenizer.template; in R1-Zero mode (config.r1_zero) with
+    R1_ZERO_INSTRUCTION as the template's system text (every stage and the evaluation encode
+    through here, so they all see the same prompt)."""
+    system = R1_ZERO_INSTRUCTION if self.config.get("r1_zero", False) else None
+    return format_prompt(question, self.template, system=system)
+
   def encode_prompt(self, question: str) -> list[int]:
-    return self.tokenizer.encode(format_prompt(question, self.template))
+    return self.tokenizer.encode(self.prompt_text(question))
 
   def encode_response(self, text: str) -> list[int]:
     return self.tokenizer.encode(text) + [self.tokenizer.eos_id]

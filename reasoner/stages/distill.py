@@ -4,8 +4,8 @@
   "rejection" (default): the teacher samples N completions per training problem; only
     verified-correct, well-formatted ones are kept (deduplicated), and the student is fine-tuned
     on them with the same response-only cross-entropy as SFT. The student starts from M1 by
-    default (`distill.init_from`), or is a smaller model (`distill.student`, a model preset)
-    trained from scratch on the kept samples.
+    default (`distill.init_from`; in R1-Zero mode from M0, as there is no M1), or is a smaller
+    model (`distill.student`, a model preset) trained from scratch on the kept samples.
   "on_policy": every step the student samples `on_policy.samples_per_prompt` completions for
     `on_policy.prompts_per_step` training problems, the teacher scores those very tokens (its
     per-token log-probs, or with `on_policy.loss="full"` its whole next-token distributions),
@@ -119,6 +119,10 @@ def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):
       f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept")
   if ctx.writer is not None:
     ctx.writer.write("distill", 0, stats)
+  if not kept:  # e.g. an R1-Zero teacher that never learnt the format: nothing to distil
+    log(f"[distill] no verified samples to train on; M3 is the student's starting model "
+        f"({distill_cfg.init_from}) unchanged")
+    return student_params
   return run_supervised(student_ctx, "distill", student_params, kept, distill_cfg,
                         jax.random.fold_in(rng, 1))
 

@@ -9,7 +9,7 @@ from etils import epath
 from reasoner.tokenizer.base import BACKEND_KEY, REASONING_TOKENS, Tokenizer, padded_vocab_size
 from reasoner.tokenizer.hf_tokenizer import HFTokenizer
 from reasoner.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
-from reasoner.tokenizer.template import R1_SYSTEM, TEMPLATES, format_prompt
+from reasoner.tokenizer.template import R1_SYSTEM, R1_ZERO_INSTRUCTION, TEMPLATES, format_prompt
 
 _BACKENDS = {"sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
 
@@ -40,6 +40,6 @@ def load_tokenizer(directory) -> Tokenizer:
   raise FileNotFoundError(f"no tokenizer in {directory}: expected tokenizer.json or tokenizer.model")
 
 
-__all__ = ["REASONING_TOKENS", "R1_SYSTEM", "TEMPLATES", "Tokenizer", "HFTokenizer",
-           "SentencePieceTokenizer", "format_prompt", "load_tokenizer", "padded_vocab_size",
-           "train_sentencepiece"]
+__all__ = ["REASONING_TOKENS", "R1_SYSTEM", "R1_ZERO_INSTRUCTION", "TEMPLATES", "Tokenizer",
+           "HFTokenizer", "SentencePieceTokenizer", "format_prompt", "load_tokenizer",
+           "padded_vocab_size", "train_sentencepiece"]

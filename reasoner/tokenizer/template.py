@@ -12,6 +12,13 @@ R1_SYSTEM = (
     "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
     "here </think><answer> answer here </answer>.")
 
+# The instruction R1-Zero mode puts before every question (config.r1_zero; the system text of
+# the configured template, so a plain-template prompt is "{this}\nUser: {question}\nAssistant:").
+# It says what R1-Zero's template says (think inside <think></think>, then answer inside
+# <answer></answer>), kept short: the tiny tokenizer spells most of it a few letters per token.
+R1_ZERO_INSTRUCTION = ("The Assistant works the problem out inside <think> </think>, then gives "
+                       "only the final answer inside <answer> </answer>.")
+
 
 def _plain(question: str, system: Optional[str]) -> str:
   head = f"{system}\n" if system else ""
