@@ -141,13 +141,14 @@ def verdict(mean: float, ci: float) -> str:
 def format_gains(gain_summary: Mapping) -> str:
   """Lines 'M2 GRPO - M1 SFT   pass@1 +x.x +- y.y (gain)   ...' in percentage points."""
   lines = ["paired differences per seed, percentage points, mean +- 95% CI"]
+  label = lambda key: " - ".join(_LABELS.get(m, m) for m in key.split("-", 1))
+  width = max((len(label(key)) for key in gain_summary), default=0) + 3
   for key, row in gain_summary.items():
-    a, b = key.split("-", 1)
     cells = []
     for metric in GAIN_METRICS:
       if metric in row:
         mean, ci = 100 * row[metric]["mean"], 100 * row[metric]["ci95"]
         ci_text = "n/a" if ci != ci else f"{ci:.1f}"
         cells.append(f"{metric} {mean:+.1f} +- {ci_text} ({verdict(mean, ci)})")
-    lines.append(f"{_LABELS.get(a, a)} - {_LABELS.get(b, b):<14}" + "   ".join(cells))
+    lines.append(f"{label(key):<{width}}" + "   ".join(cells))
   return "\n".join(lines)
