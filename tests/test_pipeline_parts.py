@@ -178,10 +178,12 @@ def test_config_blocks_hold_their_dataclass_defaults():
     assert read <= {block}, (name, read)
 
 
-def test_stage_table():
+def test_stage_table(tmp_path):
   """The pipeline walks one table: each stage starts from a model an earlier stage made, and the
-  distillation stage tells the pipeline the shape of the student it returns."""
+  distillation stage tells the pipeline the shape of the student it returns (its init_from
+  model's, or a student preset's)."""
   import inspect
+  import json
 
   from reasoner import stages
   from reasoner.model.config import get_config as model_config
@@ -192,7 +194,8 @@ def test_stage_table():
     parent = stage.parent_model(pipeline_configs.get_config("tiny"))
     assert parent is None and not made or parent in made, (stage.name, parent)
     made.append(stage.model)
-  assert stages.STAGE_NAMES == ("pretrain", "sft", "grpo", "distill", "dpo")
+  assert stages.STAGE_NAMES == ("pretrain", "sft", "grpo", "distill", "dpo", "replay_control")
+  assert [s.name for s in stages.STAGES if s.control] == ["replay_control"]
   r1 = pipeline_configs.get_config("tiny")
   r1.r1_zero = True
   assert stages.get_stage("grpo").parent_model(r1) == "m0"
@@ -201,9 +204,16 @@ def test_stage_table():
 
   config = pipeline_configs.get_config("tiny")
   teacher = model_config("tiny")
-  ctx = stages.StageContext(config, "/unused", None, teacher, None, None)
+  ctx = stages.StageContext(config, str(tmp_path), None, teacher, None, None)
   distill = stages.get_stage("distill")
+  with pytest.raises(FileNotFoundError):  # the student starts from M1, which is not there yet
+    distill.output_config(ctx)
+  for name, cfg in (("sft", teacher), ("m0", teacher.replace(n_layers=2))):
+    (tmp_path / "stages" / name / "final").mkdir(parents=True)
+    (tmp_path / "stages" / name / "final" / "model_config.json").write_text(json.dumps(cfg.to_dict()))
   assert distill.output_config(ctx) == teacher
+  config.distill.init_from = "pretrain"  # e.g. a smaller run's M0 under another run's teacher
+  assert distill.output_config(ctx) == teacher.replace(n_layers=2)
   config.distill.student = "qwen2_5_0_5b"
   student = distill.output_config(ctx)
   assert student == model_config("qwen2_5_0_5b", vocab_size=teacher.vocab_size) != teacher
