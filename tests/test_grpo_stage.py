@@ -289,3 +289,29 @@ def test_replay_control_runs_grpos_replay_updates_alone(tmp_path, arith_tokenize
   ctx.config.grpo.replay_weight = 0.0
   with pytest.raises(ValueError, match="replay_weight > 0"):
     run_replay_control(ctx, params, jax.random.PRNGKey(3))
+
+
+def test_distillation_and_dpo_with_nothing_to_learn_keep_the_model(tmp_path, arith_tokenizer,
+                                                                  monkeypatch, capsys):
+  """An R1-Zero teacher that never gets the format leaves no verified samples and no preference
+  pairs: the stages then hand on their starting model unchanged (and say so) instead of failing."""
+  from reasoner.stages import distill, dpo
+  from reasoner.stages.models import save_stage_model
+  ctx, params = stage_ctx(tmp_path, arith_tokenizer, "token_mean")
+  save_stage_model(ctx, "sft", params, MODEL)  # the student's starting model (distill.init_from)
+  teacher = sharding.sharded_init(MODEL, jax.random.PRNGKey(9), ctx.mesh)
+  monkeypatch.setattr(distill, "rejection_sample",
+                      lambda *a, **k: ([], {"sampled": 8, "correct": 0, "kept_unique": 0,
+                                            "accept_rate": 0.0}))
+  monkeypatch.setattr(dpo, "sampled_pairs", lambda *a, **k: [])
+  m3 = distill.run_distill(ctx, teacher, jax.random.PRNGKey(1))
+  m4 = dpo.run_dpo(ctx, params, jax.random.PRNGKey(2))
+  for got in (m3, m4):
+    for x, y in zip(jax.tree.leaves(jax.device_get(got)), jax.tree.leaves(jax.device_get(params))):
+      np.testing.assert_array_equal(x, y)
+  out = capsys.readouterr().out
+  assert "no verified samples to train on" in out and "M4 is M3 unchanged" in out
+  ctx.config.data.preferences_path = str(tmp_path / "prefs.jsonl")
+  (tmp_path / "prefs.jsonl").write_text("")
+  with pytest.raises(ValueError, match="no preference pairs in"):  # a user's file: an error
+    dpo.run_dpo(ctx, params, jax.random.PRNGKey(2))

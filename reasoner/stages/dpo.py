@@ -113,9 +113,12 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
     problems = ctx.problems("train", dpo_cfg.n_problems, "dpo")
     pairs = sampled_pairs(ctx, params, problems, dpo_cfg.samples_per_problem, dpo_cfg.temperature,
                           dpo_cfg.max_new_tokens, jax.random.fold_in(rng, 0))
-  if not pairs:
-    raise ValueError("[dpo] no preference pairs: the model's samples were all correct or all wrong; "
-                     "raise dpo.n_problems or dpo.temperature, or give data.preferences_path")
+  if not pairs and ctx.config.data.preferences_path:
+    raise ValueError(f"[dpo] no preference pairs in {ctx.config.data.preferences_path}")
+  if not pairs:  # e.g. an R1-Zero run whose M3 never gets the format: nothing to prefer
+    log("[dpo] no preference pairs: M3's samples were all correct or all wrong (raise "
+        "dpo.n_problems or dpo.temperature, or give data.preferences_path); M4 is M3 unchanged")
+    return params
   log(f"[dpo] {len(pairs)} preference pairs")
   optimizer = make_optimizer(dpo_cfg.optim)
   state = init_stage_state(ctx, "dpo", params, optimizer)
