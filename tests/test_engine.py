@@ -24,6 +24,9 @@ PROMPTS = [[5, 17, 33, 2, 9, 41, 60], [7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 1
 # Fewer slots than rows, small pages and a few steps per call: admission mid-run, partial pages
 # copied for groups, page tables growing and windows changing.
 SMALL = EngineConfig(slots=4, page_size=4, steps_per_sync=3)
+# The same scheduling over the dense layout (one page per slot, read in place): slots are
+# refilled as rows end, each new row overwriting its slot's page.
+SMALL_DENSE = EngineConfig(slots=4, page_size=4, steps_per_sync=3, layout="dense")
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +56,29 @@ def assert_same(a, b, logprob_atol=1e-4):
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=logprob_atol)
 
 
-@pytest.mark.parametrize("n", [1, 3])
-def test_greedy_token_identical_to_static_sampler(params, n):
-  out, stats = engine(params, PROMPTS, greedy=True, n=n)
+@pytest.mark.parametrize("n,ecfg", [(1, SMALL), (3, SMALL), (3, SMALL_DENSE)])
+def test_greedy_token_identical_to_static_sampler(params, n, ecfg):
+  out, stats = engine(params, PROMPTS, greedy=True, n=n, ecfg=ecfg)
   assert_same(out, static(params, PROMPTS, greedy=True, n=n))
   assert stats.admit_calls > 1  # rows were admitted as others finished
+  assert stats.layout == ("dense" if ecfg.layout == "dense" else paged.attention_impl())
 
 
-def test_stops_and_budget_forcing_match_static_sampler(params):
+@pytest.mark.parametrize("ecfg", [SMALL, SMALL_DENSE], ids=["paged", "dense"])
+def test_stops_and_budget_forcing_match_static_sampler(params, ecfg):
   free = static(params, PROMPTS, greedy=True)
   eos = int(free.tokens[0, 4])
   seq = tuple(free.tokens[2, 5:7].tolist())
   kw = dict(greedy=True, n=2, stop_token_ids=(int(free.tokens[1, 3]),), stop_sequences=(seq,))
-  a, b = static(params, PROMPTS, eos=eos, **kw), engine(params, PROMPTS, eos=eos, **kw)[0]
+  a, b = static(params, PROMPTS, eos=eos, **kw), engine(params, PROMPTS, eos=eos, ecfg=ecfg, **kw)[0]
   assert a.done.any() and (a.lengths < 12).any()
   assert_same(b, a)
   think_end = next(t for t in range(2, CFG.vocab_size) if t not in free.tokens[:, :8])
   kw = dict(greedy=True, max_thinking_tokens=5, think_end_id=think_end)
-  assert_same(engine(params, PROMPTS, **kw)[0], static(params, PROMPTS, **kw))
+  assert_same(engine(params, PROMPTS, ecfg=ecfg, **kw)[0], static(params, PROMPTS, **kw))
   kw = dict(greedy=True, think_end_id=int(free.tokens[0, 2]), min_thinking_tokens=8,
             wait_token_ids=(90, 91))
-  a, b = static(params, PROMPTS, **kw), engine(params, PROMPTS, **kw)[0]
+  a, b = static(params, PROMPTS, **kw), engine(params, PROMPTS, ecfg=ecfg, **kw)[0]
   assert a.injected.any()
   assert_same(b, a)
 
@@ -90,10 +95,37 @@ def logprob_gap(params, cfg, prompts, out):
   return gap.max(), gap.mean()
 
 
-def test_logprobs_match_learner_recompute_float32(params):
-  out = engine(params, PROMPTS, temperature=1.0, n=2, top_p=0.9)[0]
+@pytest.mark.parametrize("ecfg", [SMALL, SMALL_DENSE], ids=["paged", "dense"])
+def test_logprobs_match_learner_recompute_float32(params, ecfg):
+  out = engine(params, PROMPTS, temperature=1.0, n=2, top_p=0.9, ecfg=ecfg)[0]
   worst, mean = logprob_gap(params, CFG, PROMPTS, out)
   assert worst <= 1e-5, (worst, mean)
+
+
+def test_layouts_give_the_same_samples_and_auto_picks_dense_for_one_wave(params):
+  kw = dict(temperature=1.5, top_k=20, n=2)
+  a, st_a = engine(params, PROMPTS, seed=5, **kw)
+  b, st_b = engine(params, PROMPTS, seed=5, ecfg=SMALL_DENSE, **kw)
+  assert (st_a.layout, st_b.layout) == (paged.attention_impl(), "dense")
+  assert_same(a, b)  # the per-row keys and the scheduling do not depend on the layout
+  # One wave (12 rows on 16 slots): auto is dense, with a pool of the static sampler's cache
+  # (slots x the longest row's bucketed cache) and no more.
+  one_wave = EngineConfig(slots=16, page_size=4, steps_per_sync=3)
+  c, st_c = engine(params, PROMPTS, seed=5, ecfg=one_wave, **kw)
+  assert_same(c, a)
+  if paged.attention_impl() != "pallas":
+    # The static sampler's cache: the longest prompt's bucket + 12 new tokens (whole pages).
+    cache_len = -(-(sampler.bucket(12, SamplingConfig().prompt_buckets) + 12) // 4) * 4
+    assert st_c.layout == "dense" and st_c.pool_pages == 16
+    assert st_c.pool_bytes == 16 * cache_len * paged.kv_bytes_per_token(CFG)
+    assert st_c.end_pages == 0 and st_c.peak_pages == 12  # each live row holds its slot's page
+  # The pool a config limits is honoured: too small for dense, auto stays paged.
+  small_pool = EngineConfig(slots=16, page_size=4, num_pages=40)
+  assert engine(params, PROMPTS, seed=5, ecfg=small_pool, **kw)[1].layout != "dense"
+  with pytest.raises(ValueError, match="layout"):
+    EngineConfig(layout="ragged")
+  with pytest.raises(ValueError, match="slots"):
+    EngineConfig(slots=0)
 
 
 def test_sampling_is_deterministic_and_independent_of_slots(params):
@@ -110,7 +142,7 @@ def test_sampling_is_deterministic_and_independent_of_slots(params):
 
 
 def test_pages_shared_by_a_group_and_all_freed(params):
-  ecfg = EngineConfig(slots=8, page_size=4, steps_per_sync=4)
+  ecfg = EngineConfig(slots=8, page_size=4, steps_per_sync=4, layout="paged")
   prompt = [list(range(3, 19))]  # 16 tokens: 4 full pages, no partial page
   eng = Engine(CFG, SamplingConfig(max_new_tokens=4, greedy=True, n=8), pad_id=PAD, eos_id=-1,
                engine=ecfg, max_prompt_len=16)
@@ -124,7 +156,8 @@ def test_pages_shared_by_a_group_and_all_freed(params):
   assert st.peak_pages == 4 + 8 + 8 and st.end_pages == 0
   # A pool too small for one group is an error, not a hang.
   small = Engine(CFG, SamplingConfig(max_new_tokens=4, greedy=True, n=8), pad_id=PAD, eos_id=-1,
-                 engine=EngineConfig(slots=8, page_size=4, num_pages=8), max_prompt_len=16)
+                 engine=EngineConfig(slots=8, page_size=4, num_pages=8, layout="paged"),
+                 max_prompt_len=16)
   with pytest.raises(ValueError, match="pages"):
     small.run(params, prompt, jax.random.PRNGKey(0))
 
@@ -171,6 +204,12 @@ def test_sharded_engine_equals_single_device(params):
   b = engine(sharded, PROMPTS, ecfg=ecfg, greedy=True, n=2, max_new_tokens=8, mesh=mesh)[0]
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+  # The dense pool split over the batch axes with the slots.
+  dense = EngineConfig(slots=8, page_size=4, steps_per_sync=4, layout="dense")
+  c, st = engine(sharded, PROMPTS, ecfg=dense, greedy=True, n=2, max_new_tokens=8, mesh=mesh)
+  assert st.layout == "dense"
+  np.testing.assert_array_equal(a.tokens, c.tokens)
+  np.testing.assert_allclose(a.logprobs, c.logprobs, atol=1e-4)
 
 
 def test_generate_dispatches_on_sampling_engine(params):

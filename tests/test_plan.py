@@ -59,7 +59,14 @@ def test_tiny_preset_plans_every_program_with_consistent_numbers():
   g = config.grpo
   assert by["grpo"].rows == g.prompts_per_step * g.group_size // g.minibatches
   assert by["grpo"].tokens == 128  # 64 prompt + 64 new tokens
-  assert by["sample/decode"].rows == g.prompts_per_step * g.group_size
+  # The rollout engine's decode chunk over 192 slots (one per row of the call); its pool (an
+  # argument, donated) holds every slot's cache of 64 prompt + 64 new tokens.
+  assert by["sample/decode"].rows == g.prompts_per_step * g.group_size == 192
+  assert by["sample/decode"].tokens == 128
+  from reasoner.sampling import paged
+  pool = 192 * 128 * paged.kv_bytes_per_token(plan_lib.config_model(config))
+  assert by["sample/decode"].argument_bytes >= pool
+  assert by["sample/prefill"].argument_bytes >= pool
 
 
 def test_grpo_update_arguments_grow_with_the_batch():

@@ -28,8 +28,9 @@ Programs (`PROGRAMS`):
                  on-policy (distill.method): prompts_per_step x samples_per_prompt rows of
                  grpo.max_prompt_tokens + distill.max_new_tokens, with the teacher's scores
   dpo            DPO train step: chosen + rejected rows, reference log-probs, replay rows
-  sample         the rollout sampler: prefill (prompts_per_step prompts) and decode
-                 (prompts_per_step x group_size rows), reported as two rows
+  sample         the rollout engine: prefill of one sampler call's prompts into the KV pool
+                 and a decode chunk over its slots (prompts_per_step x group_size rows, or
+                 grpo.rollout_rows), reported as two rows
 
 The numbers are XLA's for the backend that compiles them (CPU when simulating a TPU slice): its
 buffer assignment and fusion differ from the TPU compiler's, so treat them as an estimate.
@@ -52,7 +53,8 @@ from reasoner.model import decoder, lora
 from reasoner.model.config import ModelConfig
 from reasoner.pipeline.config_check import r1_zero_config
 from reasoner.stages.models import config_model
-from reasoner.sampling import sampler
+from reasoner.sampling import engine as rollout_engine
+from reasoner.sampling import paged
 from reasoner.stages import distill as distill_stage
 from reasoner.stages import dpo as dpo_stage
 from reasoner.stages import grpo as grpo_stage
@@ -333,21 +335,50 @@ def _sft(model_cfg):
 
 
 def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[ProgramPlan]:
-  """prefill + decode of one GRPO rollout batch (mirrors `sampler.prepare` / `generate`)."""
+  """The rollout engine's programs for one GRPO sampler call (what `engine.generate_paged` runs):
+  the admission (prefill of the call's prompts into the pool) and one decode chunk, at the
+  engine's slots and the layout it picks for the call. The pool and the slots' state are
+  arguments of both (donated), so each program's peak holds the whole KV pool."""
   g = config.grpo
   sampling = grpo_stage.rollout_sampling(g)
-  prompts = int(g.prompts_per_step)
-  if int(g.rollout_rows) > 0:  # sample_rollouts' calls of at most rollout_rows rows
-    prompts = min(prompts, max(1, int(g.rollout_rows) // int(g.group_size)))
-  rows, width, cache_len = sampler.layout(prompts, int(g.max_prompt_tokens), sampling, mesh)
-  pre, dec = sampler.programs(model_cfg, sampling, cache_len, pad_id=0, eos_id=1, mesh=mesh)
-  ids = _place(tuple(jax.ShapeDtypeStruct((rows, width), jnp.int32) for _ in range(3)), mesh)
-  plan_pre, compiled = _measure("sample/prefill", rows, width, lambda: pre.lower(params, *ids),
-                                resident, log)
-  cache, logits, next_pos = _with_shardings(jax.eval_shape(pre, params, *ids),
-                                            compiled.output_shardings)
-  plan_dec, _ = _measure("sample/decode", logits.shape[0], cache_len,
-                         lambda: dec.lower(params, cache, logits, next_pos, _rng(mesh)), resident, log)
+  prompts = grpo_stage.call_prompts(g)
+  rows, longest = prompts * sampling.n, int(g.max_prompt_tokens)
+  eng = rollout_engine.engine_for(model_cfg, sampling, rows, longest, pad_id=0, eos_id=1,
+                                  mesh=mesh)
+  geo = eng.geometry(rows)
+  admit, chunk, prep = eng.programs(geo.impl)
+  S, n = eng.slots, sampling.n
+
+  def arg(shape, dtype, where=None):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=where)
+
+  k_shape, v_shape = paged.page_layout(geo.impl, geo.num_pages, geo.page_size,
+                                       model_cfg.n_kv_heads, model_cfg.head_dim)
+  dt = jnp.dtype(model_cfg.dtype)
+  pools = tuple(tuple(arg(shape, dt, eng.page_sharding(geo.impl, shape))
+                      for _ in range(model_cfg.n_layers)) for shape in (k_shape, v_shape))
+  slots = jax.tree.map(lambda x: arg(x.shape, x.dtype, eng.row_sharding(x.shape)),
+                       jax.eval_shape(lambda: paged.init_slots(S, model_cfg, sampling, 0)))
+  a, width = eng.admission_shape(geo, prompts, longest)
+  cols = -(-width // geo.page_size)
+  row_args = (arg((a, width), jnp.int32, eng.row_sharding((a, width))),
+              arg((a,), jnp.int32, eng.row_sharding((a,))),
+              arg((a, cols), jnp.int32, eng.row_sharding((a, cols))))
+  flat = [arg((a * n,), jnp.int32) for _ in range(3)] + [arg((a * n, 2), jnp.uint32),
+                                                         arg((a * n,), jnp.int32)]
+  plan_pre, _ = _measure("sample/prefill", a, width,
+                         lambda: admit.lower(params, *pools, slots, *row_args, *flat), resident,
+                         log)
+  prepared = prep.lower(params).compile()
+  dparams = _with_shardings(jax.eval_shape(prep, params), prepared.output_shardings)
+  table = arg((S, geo.max_pages), jnp.int32, eng.row_sharding((S, geo.max_pages)))
+  e = rollout_engine.entries_capacity(S, geo) if geo.impl == "xla" else 1
+  entries = paged.Entries(*(arg((e,), jnp.int32) for _ in range(3)))
+  plan_dec, _ = _measure("sample/decode", S, geo.max_pages * geo.page_size,
+                         lambda: chunk.lower(dparams, *pools, slots, table, entries), resident,
+                         log)
+  log(f"[plan]   sample: rollout engine, {S} slots, {geo.impl} layout, pool "
+      f"{geo.num_pages} pages x {geo.page_size} positions")
   return [plan_pre, plan_dec]
 
 

@@ -27,7 +27,8 @@ class SamplingConfig:
     sampled before this many tokens (while thinking is open) is replaced by the "Wait" tokens.
   prompt_buckets: prompts are padded up to the next bucket so a new length reuses a compile.
   engine: which sampler `reasoner.sampling.generate` runs: "paged" (the rollout engine:
-    continuous batching over a paged KV cache, `reasoner.sampling.engine`) or "static" (one
+    continuous batching over a paged KV cache, `reasoner.sampling.engine`, whose
+    `EngineConfig.layout` may run a one-wave call on a dense per-slot cache) or "static" (one
     lockstep batch over a preallocated cache, `reasoner.sampling.sampler`). Greedy outputs are
     the same.
   """

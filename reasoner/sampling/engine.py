@@ -19,6 +19,13 @@ Group sharing: the samples of a prompt point their page tables at the prompt's f
 prompt's partially filled last page (if any) is copied once for each sample after the first,
 since every sample writes its own tokens into it: at most one page per sample is copied.
 
+Layout (`EngineConfig.layout`, `resolve_layout`): the pages above, or "dense", one page per slot
+as long as a row's whole cache, pinned to its slot and read in place (no gather). "auto" runs a
+call that fits in one wave of slots on a backend without the Pallas kernel dense (nothing
+waits, so there is nothing to reorder, and the gather is what the paged attention costs on XLA)
+and everything else paged. The scheduling and the random streams are the same in both, so the
+layout changes the speed and not the samples (up to float rounding in the attention).
+
 `generate` has the signature and results of `reasoner.sampling.generate`: rows are
 prompt-major, and row i*n + j samples with the key fold_in(rng, i*n + j) whatever slot it runs
 in, so results do not depend on the slot count or the order of admission.
@@ -64,6 +71,54 @@ class EngineConfig:
   page_size: int = 32
   num_pages: int = 0
   steps_per_sync: int = 16
+  # How the KV cache is laid out (`resolve_layout`): "paged" (pages of page_size from a shared
+  # pool; the Pallas kernel on TPU, the XLA gather elsewhere), "dense" (one page per slot, as long
+  # as a row's cache, read in place) or "auto" (paged unless every row of the call fits in one
+  # wave of slots on a backend without the Pallas kernel, where dense is the faster layout and
+  # holds no more memory: BUILD_NOTES "Rollout engine").
+  layout: str = "auto"
+
+  def __post_init__(self):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"EngineConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
+    for name in ("slots", "page_size", "steps_per_sync"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+LAYOUTS = ("auto", "paged", "dense")
+
+
+def resolve_layout(layout: str, rows: int, slots: int, fits_dense: bool = True) -> str:
+  """The attention implementation (`paged.IMPLS`) a call of `rows` rows runs on `slots` slots.
+
+  "auto" is dense when the call is one wave (rows <= slots: no row ever waits for a slot, so
+  continuous batching has nothing to reorder) and the pool may hold every slot's worst case
+  (`fits_dense`), except on TPU, where the Pallas paged kernel is the point. Otherwise it is
+  paged. Why: on XLA:CPU the paged attention's gather of the live pages costs about 3-5x the
+  in-place read per cached position (BUILD_NOTES), which only pays when rows come and go (the
+  live positions are then far fewer than the slots' worst case); in one wave the dense pool is
+  the size of the default paged pool, and the engine's scheduling, per-row keys and budgets are
+  the same either way, so the choice changes the speed and not the results' distribution.
+  """
+  paged_impl = paged.attention_impl()
+  if layout == "paged":
+    return paged_impl
+  if layout == "dense":
+    return "dense"
+  if paged_impl == "pallas" or rows > slots or not fits_dense:
+    return paged_impl
+  return "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+  """One run's cache geometry: implementation, positions per page, pages per slot, pool size."""
+
+  impl: str
+  page_size: int
+  max_pages: int
+  num_pages: int
 
 
 @dataclasses.dataclass
@@ -77,6 +132,7 @@ class EngineStats:
   peak_pages: int = 0  # most pages in use at once
   end_pages: int = 0  # pages still in use after the run (0: every page was freed)
   page_bytes: int = 0  # bytes of one page over all layers (keys + values)
+  layout: str = ""  # the attention implementation the run used (paged.IMPLS)
 
   @property
   def pool_bytes(self) -> int:
@@ -126,29 +182,65 @@ class Engine:
     if self.slots < sampling.n:
       raise ValueError(f"slots ({self.slots}) must hold a whole group (n = {sampling.n})")
     self.num_pages = engine.num_pages or self.slots * self.max_pages
-    self.impl = paged.attention_impl()
-    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
-    self.admit_fn, self.chunk_fn, self.prep_fn = _programs(
-        cfg_json, sampling, self.pad_id, self.eos_id, engine.steps_per_sync, self.impl, mesh)
+    self._cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+  def geometry(self, rows: int) -> _Geometry:
+    """The cache geometry of a call of `rows` rows (`resolve_layout`)."""
+    ps = self.ecfg.page_size
+    impl = resolve_layout(self.ecfg.layout, rows, self.slots,
+                          fits_dense=self.num_pages >= self.slots * self.max_pages)
+    if impl == "dense":  # page s = slot s's whole cache
+      return _Geometry(impl, self.max_pages * ps, 1, self.slots)
+    return _Geometry(impl, ps, self.max_pages, self.num_pages)
+
+  def programs(self, impl: str):
+    """(admit, decode_chunk, prepare_params): the jitted programs of layout `impl`."""
+    return _programs(self._cfg_json, self.sampling, self.pad_id, self.eos_id,
+                     self.ecfg.steps_per_sync, impl, self.mesh)
+
+  def admission_shape(self, geo: _Geometry, prompts: int, longest: int) -> tuple[int, int]:
+    """(A, width): the admission batch of `prompts` prompts of at most `longest` tokens (A
+    padded to a power of two, at most slots / n, a multiple of the batch shards)."""
+    n, S = self.sampling.n, self.slots
+    width = bucket(longest, self.sampling.prompt_buckets)
+    if geo.impl != "dense":  # whole pages (a dense page is longer than any prompt)
+      width = -(-width // geo.page_size) * geo.page_size
+    a = _pow2_at_least(prompts, max(1, S // n))
+    if self.mesh is not None:
+      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+      a = -(-a // per) * per
+    return a, width
+
+  def page_sharding(self, impl: str, shape):
+    """Where one layer's pool lives: split over kv heads (`tensor`), whole on the batch axes (a
+    slot may read any page); a dense pool's pages are the slots' rows, split over the batch axes
+    as the slots are. None without a mesh."""
+    if self.mesh is None:
+      return None
+    from jax.sharding import NamedSharding
+    from reasoner import sharding
+    names = {"pallas": ("kv_heads", None, None, None), "xla": (None, "kv_heads", None, None),
+             "dense": ("batch", "kv_heads", None, None)}[impl]
+    return NamedSharding(self.mesh, sharding.logical_to_spec(names, self.mesh, shape=shape))
+
+  def row_sharding(self, shape):
+    """Where per-row host inputs (slots' state, prompts, page tables) live; None without a mesh."""
+    if self.mesh is None:
+      return None
+    from reasoner import sharding
+    return sharding.batch_sharding(len(shape), self.mesh, batch_size=shape[0])
 
   # -- placement --------------------------------------------------------------------------------
 
-  def _place_pages(self, pages):
-    """Pages split over kv heads (`tensor`), whole on the batch axes (a slot may read any page)."""
+  def _place_pages(self, pages, impl: str):
     if self.mesh is None:
       return pages
-    from jax.sharding import NamedSharding
-    from reasoner import sharding
-    names = (("kv_heads", None, None, None) if self.impl == "pallas"
-             else (None, "kv_heads", None, None))
-    spec = sharding.logical_to_spec(names, self.mesh, shape=pages[0].shape)
-    return tuple(jax.device_put(p, NamedSharding(self.mesh, spec)) for p in pages)
+    return tuple(jax.device_put(p, self.page_sharding(impl, p.shape)) for p in pages)
 
   def _place_rows(self, x):
     if self.mesh is None:
       return x
-    from reasoner import sharding
-    return jax.device_put(x, sharding.batch_sharding(np.ndim(x), self.mesh, batch_size=x.shape[0]))
+    return jax.device_put(x, self.row_sharding(np.shape(x)))
 
   # -- the loop ---------------------------------------------------------------------------------
 
@@ -157,9 +249,12 @@ class Engine:
     """Samples n completions per prompt. limits: optional per-row budgets of new tokens
     ([len(prompts) * n], each <= max_new_tokens; a row that reaches its budget ends like one that
     reaches max_new_tokens). Returns (outputs, stats)."""
-    cfg, sc, ps = self.cfg, self.sampling, self.ecfg.page_size
+    cfg, sc = self.cfg, self.sampling
     n, m, S = sc.n, sc.max_new_tokens, self.slots
     prompts = _check_prompts(prompts, cfg, sc)
+    geo = self.geometry(len(prompts) * n)
+    ps, dense = geo.page_size, geo.impl == "dense"
+    admit_fn, chunk_fn, prep_fn = self.programs(geo.impl)
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.key_data(rng)
     rng = jnp.asarray(rng, jnp.uint32)
@@ -170,20 +265,22 @@ class Engine:
               else np.asarray(limits, np.int32).reshape(rows_total))
     if (limits < 1).any() or (limits > m).any():
       raise ValueError(f"limits must lie in [1, max_new_tokens = {m}]")
-    worst = max(self._group_pages(len(p)) for p in prompts)
-    if worst > self.num_pages:
-      raise ValueError(f"a group needs {worst} pages; the pool has {self.num_pages}")
+    num_pages = geo.num_pages
+    worst = max(self._group_pages(len(p), ps) for p in prompts)
+    if worst > num_pages:
+      raise ValueError(f"a group needs {worst} pages; the pool has {num_pages}")
 
-    stats = EngineStats(pool_pages=self.num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg))
-    dparams = self.prep_fn(params)
-    k_pages, v_pages = paged.init_pages(cfg, self.num_pages, ps, self.impl)
-    k_pages, v_pages = self._place_pages(k_pages), self._place_pages(v_pages)
+    stats = EngineStats(pool_pages=num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg),
+                        layout=geo.impl)
+    dparams = prep_fn(params)
+    k_pages, v_pages = paged.init_pages(cfg, num_pages, ps, geo.impl)
+    k_pages, v_pages = self._place_pages(k_pages, geo.impl), self._place_pages(v_pages, geo.impl)
     slots = jax.tree.map(self._place_rows, paged.init_slots(S, cfg, sc, self.pad_id))
 
     # Host bookkeeping.
-    table = np.zeros((S, self.max_pages), np.int32)
-    refs = np.zeros((self.num_pages,), np.int32)
-    free_pages = list(range(self.num_pages - 1, -1, -1))
+    table = np.zeros((S, geo.max_pages), np.int32)
+    refs = np.zeros((num_pages,), np.int32)
+    free_pages = list(range(num_pages - 1, -1, -1))
     reserved = 0  # pages promised to admitted rows and not yet taken
     slot_row = np.full((S,), -1, np.int64)  # output row of each slot (-1 = empty)
     slot_len = np.zeros((S,), np.int64)  # host view: prompt length + generated count
@@ -198,9 +295,14 @@ class Engine:
     lengths = np.zeros((len(prompts) * n,), np.int32)
     done = np.zeros((len(prompts) * n,), bool)
 
-    def take_page():
+    def take_page(slot=None):
+      """A free page (dense: the page pinned to `slot`)."""
       nonlocal reserved
-      page = free_pages.pop()
+      if dense:
+        free_pages.remove(slot)
+        page = slot
+      else:
+        page = free_pages.pop()
       refs[page] = 1
       reserved -= 1
       return page
@@ -215,14 +317,15 @@ class Engine:
       empty = list(np.flatnonzero(slot_row < 0))
       batch = []
       while queue and len(empty) >= n * (len(batch) + 1):
-        need = self._group_pages(len(prompts[queue[0]]))
+        need = self._group_pages(len(prompts[queue[0]]), ps)
         if len(free_pages) - reserved < need:
           break
         reserved += need
         batch.append(queue.popleft())
       if batch:
-        k_pages, v_pages, slots = self._admit(params, k_pages, v_pages, slots, prompts, batch,
-                                              empty, table, refs, row_keys, limits, take_page)
+        k_pages, v_pages, slots = self._admit(admit_fn, geo, params, k_pages, v_pages, slots,
+                                              prompts, batch, empty, table, refs, row_keys,
+                                              limits, take_page)
         stats.admit_calls += 1
         for a, i in enumerate(batch):
           full = len(prompts[i]) // ps
@@ -245,10 +348,10 @@ class Engine:
           table[s, slot_owned[s]] = take_page()
           slot_owned[s] += 1
           slot_reserve[s] -= 1
-      stats.peak_pages = max(stats.peak_pages, self.num_pages - len(free_pages))
-      k_pages, v_pages, slots = self.chunk_fn(dparams, k_pages, v_pages, slots,
-                                              self._place_rows(table),
-                                              self._entries(table, slot_owned, busy))
+      stats.peak_pages = max(stats.peak_pages, num_pages - len(free_pages))
+      k_pages, v_pages, slots = chunk_fn(dparams, k_pages, v_pages, slots,
+                                         self._place_rows(table),
+                                         self._entries(geo, table, slot_owned, busy))
       stats.decode_calls += 1
       stats.decode_steps += steps
       live, count = to_host(slots.live), to_host(slots.count)
@@ -268,18 +371,18 @@ class Engine:
           reserved -= slot_reserve[s]
           slot_reserve[s] = slot_owned[s] = 0
           slot_row[s] = -1
-    stats.end_pages = self.num_pages - len(free_pages)
+    stats.end_pages = num_pages - len(free_pages)
     result = SampleOutput(tokens=out["tokens"], logprobs=out["logprobs"],
                           sample_logprobs=out["sample_logprobs"], lengths=lengths, done=done,
                           injected=out["injected"],
                           prompt_lengths=np.repeat([len(p) for p in prompts], n).astype(np.int32))
     return result, stats
 
-  def _entries(self, table, owned, busy) -> paged.Entries:
+  def _entries(self, geo: _Geometry, table, owned, busy) -> paged.Entries:
     """The (page, slot, first position) of every page of a busy slot, padded to a power of two
     (at least slots) with entries of no slot."""
-    ps, S = self.ecfg.page_size, self.slots
-    if self.impl == "pallas":  # the kernel reads the page table
+    ps, S = geo.page_size, self.slots
+    if geo.impl != "xla":  # the Pallas kernel reads the page table; dense reads the pool
       z = np.zeros((1,), np.int32)
       return paged.Entries(z, z, z)
     have = busy[:, None] & (np.arange(table.shape[1])[None] < owned[:, None])
@@ -291,28 +394,23 @@ class Engine:
     page[:len(slot)], slots[:len(slot)], base[:len(slot)] = table[slot, col], slot, col * ps
     return paged.Entries(page, slots, base)
 
-  def _group_pages(self, prompt_len: int) -> int:
+  def _group_pages(self, prompt_len: int, ps: int) -> int:
     """Worst-case pages of a group: the prompt's full pages once, the rest per sample."""
-    ps, n = self.ecfg.page_size, self.sampling.n
+    n = self.sampling.n
     full = prompt_len // ps
     return full + n * (-(-(prompt_len + self.sampling.max_new_tokens) // ps) - full)
 
-  def _admit(self, params, k_pages, v_pages, slots, prompts, batch, empty, table, refs, row_keys,
-             limits, take_page):
+  def _admit(self, admit_fn, geo: _Geometry, params, k_pages, v_pages, slots, prompts, batch,
+             empty, table, refs, row_keys, limits, take_page):
     """Prefills the prompts `batch` (indices) into fresh pages and starts their samples in the
     first slots of `empty`; fills the host page table."""
-    ps, n, S = self.ecfg.page_size, self.sampling.n, self.slots
-    width = bucket(max(len(prompts[i]) for i in batch), self.sampling.prompt_buckets)
-    width = -(-width // ps) * ps
-    a = _pow2_at_least(len(batch), max(1, S // n))
-    if self.mesh is not None:
-      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-      a = -(-a // per) * per
+    ps, n, S = geo.page_size, self.sampling.n, self.slots
+    a, width = self.admission_shape(geo, len(batch), max(len(prompts[i]) for i in batch))
     tokens = np.full((a, width), self.pad_id, np.int32)
     lengths = np.ones((a,), np.int32)
-    page_ids = np.full((a, width // ps), self.num_pages, np.int32)
+    page_ids = np.full((a, -(-width // ps)), geo.num_pages, np.int32)
     copy_src = np.zeros((a * n,), np.int32)
-    copy_dst = np.full((a * n,), self.num_pages, np.int32)
+    copy_dst = np.full((a * n,), geo.num_pages, np.int32)
     slot_ids = np.full((a * n,), S, np.int32)
     keys = np.zeros((a * n, 2), np.uint32)
     budgets = np.ones((a * n,), np.int32)
@@ -321,7 +419,7 @@ class Engine:
       tokens[r, :len(p)] = p
       lengths[r] = len(p)
       full, own = len(p) // ps, -(-len(p) // ps)
-      pages = [take_page() for _ in range(own)]
+      pages = [take_page(empty[r * n]) for _ in range(own)]  # (dense: own = 1)
       page_ids[r, :own] = pages
       for j in range(n):
         s = empty[r * n + j]
@@ -333,29 +431,50 @@ class Engine:
           if j == 0:
             table[s, full] = pages[full]
           else:
-            dst = take_page()
+            dst = take_page(s)
             table[s, full] = dst
             copy_src[r * n + j], copy_dst[r * n + j] = pages[full], dst
       refs[pages[:full]] = n
     place = self._place_rows
-    return self.admit_fn(params, k_pages, v_pages, slots, place(tokens), place(lengths),
+    return admit_fn(params, k_pages, v_pages, slots, place(tokens), place(lengths),
                          place(page_ids), copy_src, copy_dst, slot_ids, keys, budgets)
+
+
+def entries_capacity(slots: int, geo: _Geometry) -> int:
+  """The longest `paged.Entries` list a run of `geo` (xla layout) can pass: every page of every
+  slot, at most the pool, padded as `Engine._entries` pads."""
+  return _pow2_at_least(max(min(slots * geo.max_pages, geo.num_pages), slots), 1 << 40)
+
+
+def slots_for(rows: int) -> int:
+  """Slots for a call of `rows` rows: a power of two up to 64, then a multiple of 64 (every
+  slot computes each decode step, so 192 rows get 192 slots rather than 256; the rounding bounds
+  the compiled variants across calls of similar sizes)."""
+  rows = max(rows, 1)
+  return _pow2_at_least(rows, 64) if rows <= 64 else -(-rows // 64) * 64
 
 
 def generate_paged(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
                    sampling: SamplingConfig, rng: jax.Array, *, pad_id: int, eos_id: int,
                    mesh=None, engine: Optional[EngineConfig] = None) -> SampleOutput:
   """`sampler.generate` on the rollout engine (same arguments and results). The slot count is
-  the engine config's, or the call's row count rounded up to a power of two when smaller (the
-  pool then holds no more than the static sampler's cache of those rows)."""
-  ecfg = engine or EngineConfig()
-  rows = len(prompts) * sampling.n
-  ecfg = dataclasses.replace(ecfg, slots=min(ecfg.slots, _pow2_at_least(max(rows, 1), 1 << 40)))
-  ecfg = dataclasses.replace(ecfg, slots=max(ecfg.slots, sampling.n))
+  the engine config's, or the call's row count rounded up (`slots_for`) when smaller (the pool
+  then holds no more than the static sampler's cache of those rows)."""
   longest = max((len(p) for p in prompts), default=1)
-  eng = Engine(cfg, sampling, pad_id=pad_id, eos_id=eos_id, engine=ecfg, max_prompt_len=longest,
-               mesh=mesh)
+  eng = engine_for(cfg, sampling, len(prompts) * sampling.n, longest, pad_id=pad_id,
+                   eos_id=eos_id, mesh=mesh, engine=engine)
   return eng.run(params, prompts, rng)[0]
+
+
+def engine_for(cfg: ModelConfig, sampling: SamplingConfig, rows: int, longest: int, *,
+               pad_id: int, eos_id: int, mesh=None,
+               engine: Optional[EngineConfig] = None) -> Engine:
+  """The engine `generate_paged` runs a call of `rows` rows (prompts of at most `longest`
+  tokens) on: the config's slots, or `slots_for(rows)` when fewer (and at least one group)."""
+  ecfg = engine or EngineConfig()
+  ecfg = dataclasses.replace(ecfg, slots=max(min(ecfg.slots, slots_for(rows)), sampling.n))
+  return Engine(cfg, sampling, pad_id=pad_id, eos_id=eos_id, engine=ecfg, max_prompt_len=longest,
+                mesh=mesh)
 
 
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,

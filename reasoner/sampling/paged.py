@@ -8,6 +8,12 @@ per page for the XLA path). Every page can be handed out: writes that must not l
 finished slots, padding) name page index num_pages, one past the pool, and are dropped by the
 scatter, so every shape stays static without a sink page.
 
+The "dense" implementation is the degenerate pool of one page per slot, as long as a row's
+whole cache, page s pinned to slot s: the pool is then the static sampler's cache layout
+([S, K, Dh, T] keys, [S, K, T, Dh] values) and the attention reads it in place
+(`decode_model.cached_attention`), with no gather. The engine picks it where paging cannot pay
+(`engine.resolve_layout`).
+
 Page table: [slots, pages] int32, entry j of a slot = the page holding its cache positions
 [j * page_size, (j + 1) * page_size). A sequence's cache position is its token's rotary
 position (every prompt starts at position 0), so a slot's length is its next position.
@@ -85,9 +91,14 @@ def kv_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:
 # with it the pool layout.
 
 
+IMPLS = ("pallas", "xla", "dense")
+
+
 def attention_impl() -> str:
-  """'pallas' on TPU (jax.experimental.pallas.ops.tpu.paged_attention, over page tables), else
-  'xla' (a gather of the live pages listed as (page, slot) entries, see `entry_attention`)."""
+  """The paged implementation of this backend: 'pallas' on TPU
+  (jax.experimental.pallas.ops.tpu.paged_attention, over page tables), else 'xla' (a gather of
+  the live pages listed as (page, slot) entries, see `entry_attention`). ('dense', one page per
+  slot read in place, is chosen by the engine's layout, not by the backend.)"""
   if jax.default_backend() != "tpu":
     return "xla"
   try:
@@ -100,11 +111,13 @@ def attention_impl() -> str:
 def page_layout(impl: str, num_pages: int, page_size: int, kv_heads: int, head_dim: int):
   """(keys shape, values shape) of one layer's pool.
 
-  pallas: both [K, P, ps, Dh] (the kernel's layout). xla: keys [P, K, Dh, ps] and values
-  [P, K, ps, Dh]: a page is one contiguous block (the gather copies whole blocks), and the score
-  reduction runs over a middle axis with positions innermost (what the static sampler's cache
-  does for the same reason, BUILD_NOTES.md).
+  pallas: both [K, P, ps, Dh] (the kernel's layout). xla and dense: keys [P, K, Dh, ps] and
+  values [P, K, ps, Dh]: a page is one contiguous block (the gather copies whole blocks), and the
+  score reduction runs over a middle axis with positions innermost (what the static sampler's
+  cache does for the same reason, BUILD_NOTES.md); dense pools have P = slots, ps = a row's cache.
   """
+  if impl not in IMPLS:
+    raise ValueError(f"unknown attention implementation {impl!r}; expected one of {IMPLS}")
   if impl == "pallas":
     shape = (kv_heads, num_pages, page_size, head_dim)
     return shape, shape
@@ -116,11 +129,15 @@ def page_size_of(pages: jax.Array, impl: str) -> int:
 
 
 def write_prompt(pages, x, page_ids, kind: str, impl: str):
-  """Writes x [A, Pb, K, Dh] (prompt keys or values; Pb = page_ids.shape[1] * page size) into
-  the pages page_ids [A, Pb / page size]."""
+  """Writes x [A, Pb, K, Dh] (prompt keys or values; Pb <= page_ids.shape[1] * page size, the
+  rest of the last page written as zeros) into the pages page_ids [A, ceil(Pb / page size)]."""
   a, pb, kv, d = x.shape
-  ps = pb // page_ids.shape[1]
-  x = x.reshape(a, pb // ps, ps, kv, d).astype(pages.dtype)
+  ps = pages.shape[2] if impl == "pallas" or kind == "v" else pages.shape[3]
+  cols = page_ids.shape[1]
+  if pb > cols * ps:
+    raise ValueError(f"{pb} prompt positions do not fit {cols} pages of {ps}")
+  x = jnp.pad(x, ((0, 0), (0, cols * ps - pb), (0, 0), (0, 0)))
+  x = x.reshape(a, cols, ps, kv, d).astype(pages.dtype)
   if impl == "pallas":
     return pages.at[:, page_ids].set(x.transpose(3, 0, 1, 2, 4), mode="drop")
   x = x.transpose(0, 1, 3, 4, 2) if kind == "k" else x.transpose(0, 1, 3, 2, 4)
@@ -198,10 +215,22 @@ def pallas_attention(q, k_pages, v_pages, page_table, lengths):
                 mask_value=L.MASK_VALUE, pages_per_compute_block=block)
 
 
+def dense_attention(q, k_pages, v_pages, lengths):
+  """The dense pool (page s = slot s's whole cache) read in place: the static sampler's
+  attention, positions [0, lengths[s]) of row s attended."""
+  if k_pages.shape[0] != q.shape[0]:
+    raise ValueError(f"a dense pool has one page per slot: {k_pages.shape[0]} pages for "
+                     f"{q.shape[0]} slots")
+  mask = jnp.arange(k_pages.shape[3])[None] < lengths[:, None]
+  return decode_model.cached_attention(q[:, None], k_pages, v_pages, mask[:, None])[:, 0]
+
+
 def paged_attention(q, k_pages, v_pages, page_table, entries, lengths, impl: str = "xla"):
   """Decode attention of q [S, H, Dh] over each slot's first lengths[s] positions."""
   if impl == "pallas":
     return pallas_attention(q, k_pages, v_pages, page_table, lengths)
+  if impl == "dense":
+    return dense_attention(q, k_pages, v_pages, lengths)
   return entry_attention(q, k_pages, v_pages, entries, lengths)
 
 
@@ -214,8 +243,8 @@ def admit(params, k_pages, v_pages, slots: Slots, tokens, lengths, page_ids, cop
           impl: str = "xla", mesh=None):
   """Prefills A prompts, writes their keys / values into pages and starts n slots per prompt.
 
-  tokens: [A, Pb] right-padded prompts (Pb a multiple of page_size); lengths: [A] true lengths
-  (dummy rows: 1); page_ids: [A, Pb / page_size] the pages receiving each prompt's positions
+  tokens: [A, Pb] right-padded prompts; lengths: [A] true lengths
+  (dummy rows: 1); page_ids: [A, ceil(Pb / page_size)] the pages receiving each prompt's positions
   (num_pages where unused); copy_src / copy_dst: [A * n] pages whose content is duplicated (a
   prompt's partially filled last page, for samples 2..n of the group; dst num_pages where none); slot_ids:
   [A * n] the slot of sample j of prompt i at i * n + j (>= S for none); keys: [A * n, 2] their
