@@ -149,27 +149,30 @@ def test_stage_runs_checkpoints_and_resumes_to_the_same_student(tmp_path, arith_
   assert {"loss", "reverse_kl", "accuracy", "response_length", "grad_norm"} <= set(rows[-1])
 
 
-def test_config_checks_name_the_field_and_the_choices():
+@pytest.mark.parametrize("path,value,message", [
+    ("method", "online", "config.distill.method='online' is not one of ('rejection', 'on_policy')"),
+    ("on_policy.loss", "forward",
+     "config.distill.on_policy.loss='forward' is not one of ('sampled', 'full')"),
+    ("on_policy.samples_per_prompt", 0,
+     "config.distill.on_policy.samples_per_prompt must be positive"),
+    # a fresh student has no policy worth sampling
+    ("student", "tiny", "config.distill.student='tiny' needs config.distill.method='rejection'"),
+])
+def test_config_checks_name_the_field_and_the_choices(path, value, message):
   validate_config(on_policy_config())
   cfg = on_policy_config()
-  cfg.distill.method = "online"
-  with pytest.raises(ValueError, match=re.escape(
-      "config.distill.method='online' is not one of ('rejection', 'on_policy')")):
+  *parents, leaf = path.split(".")
+  block = cfg.distill
+  for name in parents:
+    block = block[name]
+  setattr(block, leaf, value)
+  with pytest.raises(ValueError, match=re.escape(message)):
     validate_config(cfg)
+
+
+def test_a_smaller_student_is_accepted_with_rejection_sampling():
   cfg = on_policy_config()
-  cfg.distill.on_policy.loss = "forward"
-  with pytest.raises(ValueError, match=re.escape("config.distill.on_policy.loss='forward' is not "
-                                                 "one of ('sampled', 'full')")):
-    validate_config(cfg)
-  cfg = on_policy_config()
-  cfg.distill.on_policy.samples_per_prompt = 0
-  with pytest.raises(ValueError, match="config.distill.on_policy.samples_per_prompt must be positive"):
-    validate_config(cfg)
-  cfg = on_policy_config()
-  cfg.distill.student = "tiny"  # a fresh student has no policy worth sampling
-  with pytest.raises(ValueError, match="config.distill.student='tiny' needs "
-                                       "config.distill.method='rejection'"):
-    validate_config(cfg)
+  cfg.distill.student = "tiny"
   cfg.distill.method = "rejection"
   validate_config(cfg)
 

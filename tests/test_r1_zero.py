@@ -58,21 +58,18 @@ def test_r1_zero_overrides_and_their_validation():
   validate_config(real)
   assert r1_zero_config(real).grpo.optim.learning_rate == 2e-6  # its own GRPO learning rate
 
+
+@pytest.mark.parametrize("block,field,value,message", [
+    # asking for the student to start from M1
+    ("distill", "init_from", "sft", "init_from='sft': R1-Zero mode makes no SFT model"),
+    ("grpo", "replay_weight", 0.5, "replay_weight=0.5: R1-Zero mode takes no replay"),
+    ("dpo", "replay_weight", 0.5, "dpo.replay_weight=0.5: R1-Zero mode takes no replay"),
+    ("grpo", "replay_wieght", 0.0, "r1_zero_overrides.grpo.replay_wieght"),  # a typo
+])
+def test_r1_zero_overrides_refused_with_the_field_named(block, field, value, message):
   bad = _r1()
-  bad.r1_zero_overrides.distill.init_from = "sft"  # asking for the student to start from M1
-  with pytest.raises(ValueError, match="init_from='sft': R1-Zero mode makes no SFT model"):
-    validate_config(bad)
-  bad = _r1()
-  bad.r1_zero_overrides.grpo.replay_weight = 0.5
-  with pytest.raises(ValueError, match="replay_weight=0.5: R1-Zero mode takes no replay"):
-    validate_config(bad)
-  bad = _r1()
-  bad.r1_zero_overrides.dpo.replay_weight = 0.5
-  with pytest.raises(ValueError, match="dpo.replay_weight=0.5: R1-Zero mode takes no replay"):
-    validate_config(bad)
-  bad = _r1()
-  bad.r1_zero_overrides.grpo.replay_wieght = 0.0
-  with pytest.raises(ValueError, match="r1_zero_overrides.grpo.replay_wieght"):
+  setattr(bad.r1_zero_overrides[block], field, value)
+  with pytest.raises(ValueError, match=message):
     validate_config(bad)
 
 

@@ -126,6 +126,7 @@ class Pipeline:
     self.ctx = StageContext(config, workdir, self.mesh, model_cfg, self.tokenizer, self.writer)
     self.report = {}
     self._eval_problems = None
+    self._source_problems = (None, [])  # (config.eval.source, its problems), loaded once
 
   # ---- evaluation ----------------------------------------------------------------------------
   def _evaluate(self, model: str, params, model_cfg: ModelConfig, extra=None) -> dict:
@@ -149,7 +150,7 @@ class Pipeline:
       metrics = {k: v for k, v in cached.items()
                  if not k.startswith(EVAL_SOURCE_PREFIX) and k != "eval_source"}
     if source:
-      if getattr(self, "_source_problems", (None,))[0] != source:
+      if self._source_problems[0] != source:
         self._source_problems = (source, eval_source_problems(self.config, e.n_problems))
       metrics.update(prefixed(self._metrics(params, model_cfg, self._source_problems[1],
                                             e.temperature, stream=1), EVAL_SOURCE_PREFIX))
