@@ -111,7 +111,7 @@ def test_pipeline_scores_the_jsonl_set_and_redoes_it_when_the_source_changes(
   params = init_params(model_cfg, jax.random.PRNGKey(0))
   pipe = run_lib.Pipeline.__new__(run_lib.Pipeline)  # only what _evaluate reads
   pipe.config, pipe.tokenizer, pipe.mesh = config, tok, None
-  pipe.rng, pipe._eval_problems = jax.random.PRNGKey(0), None
+  pipe.rng, pipe._eval_problems, pipe._source_problems = jax.random.PRNGKey(0), None, (None, [])
   pipe.ctx = StageContext(config, str(tmp_path / "work"), None, model_cfg, tok, None)
   calls = []
   real = run_lib.evaluate
