@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -136,7 +134,7 @@ def project(cfg: ModelConfig, x: jax.Array, lp, name: str) -> jax.Array:
   eq, eq_a, eq_b = _PROJ[name]
   w = lp[name].astype(dt)
   if name in _FLAT and _flat_matmuls():
-    y = _flat_project(x, w, name)
+    y = _flat_project(x, w)
   else:
     y = jnp.einsum(eq, x, w)
   adapter = lp.get("lora", {}).get(name)
@@ -162,13 +160,9 @@ def _flat_matmuls() -> bool:
   return mesh is None or mesh.size == 1
 
 
-def _flat_project(x: jax.Array, w: jax.Array, name: str) -> jax.Array:
-  """x [b, t, *in] times w [*in, *out] as [b * t, prod(in)] @ [prod(in), prod(out)]."""
-  n_in = 2 if name == "wo" else 1  # wo reads [h, k] per token; the others [d] or [f]
-  lead, feat_in = x.shape[:-n_in], x.shape[-n_in:]
-  feat_out = w.shape[n_in:]
-  y = jnp.dot(x.reshape(-1, math.prod(feat_in)), w.reshape(math.prod(feat_in), -1))
-  return y.reshape(*lead, *feat_out)
+def _flat_project(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [b, t, in] times w [in, out] as one [b * t, in] @ [in, out] matmul."""
+  return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_attention):
