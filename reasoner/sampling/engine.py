@@ -53,7 +53,7 @@ from reasoner.model.config import ModelConfig
 from reasoner.sampling import decode_model, paged, sampler
 from reasoner.sampling.config import SamplingConfig
 from reasoner.sampling.sampler import SampleOutput, _check_prompts, bucket
-from reasoner.sharding import batch_shards, to_host
+from reasoner.sharding import to_host
 
 
 def _host_rows(arr: jax.Array, rows: np.ndarray) -> np.ndarray:
@@ -192,16 +192,14 @@ class Engine:
     ps = engine.page_size
     longest = max_prompt_len or max(sampling.prompt_buckets)
     self.max_pages = -(-(bucket(longest, sampling.prompt_buckets) + sampling.max_new_tokens) // ps)
-    # Row counts placed on the mesh (slots, admission batches) are multiples of its batch shards.
-    self._shards = batch_shards(mesh)
-    self.slots = self._whole_shards(engine.slots)
+    self.slots = engine.slots
+    if mesh is not None:
+      per = int(mesh.shape["data"] * mesh.shape["fsdp"])
+      self.slots = -(-self.slots // per) * per
     if self.slots < sampling.n:
       raise ValueError(f"slots ({self.slots}) must hold a whole group (n = {sampling.n})")
     self.num_pages = engine.num_pages or self.slots * self.max_pages
     self._cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
-
-  def _whole_shards(self, rows: int) -> int:
-    return -(-rows // self._shards) * self._shards
 
   def geometry(self, rows: int) -> _Geometry:
     """The cache geometry of a call of `rows` rows (`resolve_layout`)."""
@@ -224,7 +222,11 @@ class Engine:
     width = bucket(longest, self.sampling.prompt_buckets)
     if geo.impl != "dense":  # whole pages (a dense page is longer than any prompt)
       width = -(-width // geo.page_size) * geo.page_size
-    return self._whole_shards(_pow2_at_least(prompts, max(1, S // n))), width
+    a = _pow2_at_least(prompts, max(1, S // n))
+    if self.mesh is not None:
+      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+      a = -(-a // per) * per
+    return a, width
 
   def page_sharding(self, impl: str, shape):
     """Where one layer's pool lives: split over kv heads (`tensor`), whole on the batch axes (a
@@ -420,7 +422,10 @@ class Engine:
       return 0
     if int((limits[slot_row[busy]] - count[busy]).max()) < need:
       return 0
-    width = self._whole_shards(_pow2_at_least(len(busy), 1 << 40))
+    width = _pow2_at_least(len(busy), 1 << 40)
+    if self.mesh is not None:
+      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+      width = -(-width // per) * per
     return width if 4 * width <= len(slot_row) else 0
 
   def _take_slots(self, slots: paged.Slots, idx) -> paged.Slots:
