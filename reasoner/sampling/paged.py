@@ -155,14 +155,6 @@ def write_token(pages, x, page, off, kind: str, impl: str):
   """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S]); page = num_pages
   writes nothing."""
   x = x.astype(pages.dtype)
-  if x.shape[0] == 1:
-    # One slot: XLA turns a one-index scatter into a dynamic-update-slice, and on XLA:CPU that
-    # one copies the whole pool every step (46 ms a step for a 272 MiB pool, BUILD_NOTES).
-    # A second index that writes nothing keeps it a scatter, done in place.
-    none = pages.shape[1 if impl == "pallas" else 0]
-    x = jnp.concatenate([x, x])
-    page = jnp.concatenate([page, jnp.full((1,), none, page.dtype)])
-    off = jnp.concatenate([off, off])
   if impl == "pallas":
     return pages.at[:, page, off].set(jnp.swapaxes(x, 0, 1), mode="drop")
   if kind == "k":
