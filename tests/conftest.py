@@ -10,6 +10,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+  """Drops every compiled program after each test module. XLA:CPU maps several memory regions per
+  executable and the jit caches keep them all alive, so one process running the whole suite
+  climbed past the kernel's map limit (vm.max_map_count, 65530) and segfaulted inside XLA's
+  compiler when the next mmap failed (BUILD_NOTES, CI time)."""
+  yield
+  import gc
+  import jax
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture(scope="session")
 def arith_tokenizer(tmp_path_factory):
   """A 384-piece sentencepiece tokenizer trained on 300 arithmetic problems (RL stage tests)."""
