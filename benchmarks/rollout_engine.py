@@ -128,7 +128,7 @@ def main(argv=None):
         f"{shape['mean']:.0f}, batch {args.batch}, greedy, {args.dtype}")
   print(f"{'preset':<8}{'static tok/s':>14}{'engine tok/s':>14}{'ratio':>8}{'static s':>10}"
         f"{'engine s':>10}{'static KV MiB':>15}{'pool MiB':>10}{'peak used MiB':>15}"
-        f"{'calls':>7}  layout")
+        f"{'calls':>7}{'slot-steps':>12}{'compactions':>13}  layout")
   rows = []
   for preset in presets:
     cfg = get_config(preset, dtype=args.dtype, param_dtype=args.dtype,
@@ -144,11 +144,13 @@ def main(argv=None):
     mib = 2 ** 20
     line = (f"{preset:<8}{useful / st_s:>14.0f}{useful / en_s:>14.0f}{st_s / en_s:>7.2f}x"
             f"{st_s:>10.1f}{en_s:>10.1f}{st_kv / mib:>15.1f}{stats.pool_bytes / mib:>10.1f}"
-            f"{stats.peak_bytes / mib:>15.1f}{stats.decode_calls:>7}  {stats.layout}")
+            f"{stats.peak_bytes / mib:>15.1f}{stats.decode_calls:>7}{stats.slot_steps:>12}"
+            f"{stats.compactions:>13}  {stats.layout}")
     print(line, flush=True)
     rows.append({"preset": preset, "static_s": st_s, "engine_s": en_s, "ratio": st_s / en_s,
                  "static_kv": st_kv, "pool": stats.pool_bytes, "peak": stats.peak_bytes,
-                 "layout": stats.layout})
+                 "layout": stats.layout, "compactions": stats.compactions,
+                 "slot_steps": stats.slot_steps})
   return rows
 
 

@@ -33,17 +33,20 @@ def test_model_flops_matches_a_count_from_the_parameter_shapes(preset):
   assert model_flops(cfg, batch, prompt, new) == pytest.approx(batch * flops)
 
 
-def test_sampler_benchmark_quick_run_splits_rows_over_cpu_devices():
+@pytest.mark.parametrize("engine", ["static", "paged"])
+def test_sampler_benchmark_quick_run_splits_rows_over_cpu_devices(engine):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   proc = subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--quick", "--no_torch",
-                         "--cpu_devices=2", "--splits=2"], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=300)
+                         "--cpu_devices=2", "--splits=2", f"--engine={engine}"],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  assert "2 device(s)" in lines[0]
+  assert "2 device(s)" in lines[0] and f"{engine} sampler" in lines[0]
   rows = {tuple(l.split()[:3]) for l in lines[2:]}
   # Batch 1 cannot be split and runs on one device; batch 8 is split over both.
   assert rows == {("tiny", "1", "1"), ("tiny", "8", "2")}, proc.stdout
+  # The decode-alone column times the static sampler's programs: not shown for the engine.
+  assert all((l.split()[4] == "-") == (engine == "paged") for l in lines[2:]), proc.stdout
 
 
 @pytest.mark.parametrize("preset,layers", [("tiny", 0), ("qwen2_5_0_5b", 2), ("qwen2_5_7b", 1)])

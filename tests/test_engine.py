@@ -170,6 +170,60 @@ def test_small_pool_runs_rows_in_turn(params):
   assert_same(out, static(params, PROMPTS, greedy=True))
 
 
+def tail_run(params, ecfg, mesh=None, seed=7, prompts=PROMPTS, **kw):
+  """A long-tail call: 12 rows with budgets of 2-5 new tokens, but for one row's 40."""
+  sc = SamplingConfig(max_new_tokens=40, n=2, **kw)
+  eng = Engine(CFG, sc, pad_id=PAD, eos_id=-1, engine=ecfg, max_prompt_len=12, mesh=mesh)
+  limits = np.array([3, 2, 5, 4, 2, 3, 40, 4, 5, 2, 3, 4][:len(prompts) * 2], np.int32)
+  return eng.run(params, prompts, jax.random.PRNGKey(seed), limits=limits)
+
+
+@pytest.mark.parametrize("layout", ["paged", "dense"])
+def test_tail_compaction_changes_no_sample(params, layout):
+  # 8 slots: once the queue is empty and one row is left, it moves into a 1-slot program (a
+  # 2-slot one first where the two last rows are busy), its pages (dense) with it.
+  kw = dict(slots=8, page_size=4, steps_per_sync=3, layout=layout)
+  base, st0 = tail_run(params, EngineConfig(compact_min_steps=0, **kw), temperature=1.3)
+  out, st = tail_run(params, EngineConfig(compact_min_steps=8, **kw), temperature=1.3)
+  assert st0.compactions == 0 and st.compactions >= 1
+  assert_same(out, base)  # per-row keys: samples do not depend on the slot a row runs in
+  np.testing.assert_allclose(out.sample_logprobs, base.sample_logprobs, atol=1e-4)
+  assert out.lengths[6] == 40 and st.decode_steps == st0.decode_steps
+  assert st.slot_steps < st0.slot_steps / 2  # the tail ran on fewer slots
+  assert st.end_pages == 0 and st.peak_pages == st0.peak_pages
+  # Greedy, compacted, still equals the static sampler wherever the budget did not stop a row.
+  g, stg = tail_run(params, EngineConfig(compact_min_steps=8, **kw), greedy=True)
+  ref = static(params, PROMPTS, greedy=True, n=2, max_new_tokens=40)
+  assert stg.compactions >= 1
+  np.testing.assert_array_equal(g.tokens[6], ref.tokens[6])
+  for r, lim in enumerate(g.lengths):
+    np.testing.assert_array_equal(g.tokens[r, :lim], ref.tokens[r, :lim])
+  # The gate: no busy row may run 41 more steps, so nothing moves.
+  assert tail_run(params, EngineConfig(compact_min_steps=41, **kw), greedy=True)[1].compactions == 0
+  with pytest.raises(ValueError, match="compact_min_steps"):
+    EngineConfig(compact_min_steps=-1)
+
+
+@pytest.mark.parametrize("impl", ["xla", "dense"])
+def test_one_slot_write_is_done_in_place(impl):
+  # One slot: the token lands where it should, and the compiled write neither copies the pool
+  # nor becomes a dynamic-update-slice (which XLA:CPU ran as a copy of the whole pool per step).
+  k_shape, v_shape = paged.page_layout(impl, 64, 8, 2, 4)
+  pool = jnp.zeros(k_shape, jnp.float32)
+  x = jnp.arange(1, 9, dtype=jnp.float32).reshape(1, 2, 4)
+  page, off = jnp.array([5 if impl == "xla" else 0], jnp.int32), jnp.array([3], jnp.int32)
+  fn = jax.jit(lambda p, x, page, off: paged.write_token(p, x, page, off, "k", impl),
+               donate_argnums=0)
+  hlo = fn.lower(pool, x, page, off).compile().as_text()
+  got = np.asarray(fn(pool, x, page, off))
+  want = np.zeros(k_shape, np.float32)
+  want[int(page[0]), :, :, 3] = np.asarray(x[0])
+  np.testing.assert_array_equal(got, want)
+  pool_type = "f32[" + ",".join(map(str, k_shape)) + "]"
+  assert not [l for l in hlo.splitlines()
+              if pool_type in l.split("=", 1)[-1][:60] and (" copy(" in l or "dynamic-update-slice(" in l)]
+
+
 def test_entry_attention_equals_gqa_attention():
   rng = np.random.default_rng(0)
   s, h, kv, d, ps, npages = 3, 4, 2, 8, 4, 10
@@ -210,6 +264,15 @@ def test_sharded_engine_equals_single_device(params):
   assert st.layout == "dense"
   np.testing.assert_array_equal(a.tokens, c.tokens)
   np.testing.assert_allclose(a.logprobs, c.logprobs, atol=1e-4)
+  # Tail compaction on the mesh: 32 slots; after the first call 7 rows are busy and move into 8
+  # slots (a multiple of the 4 batch shards), where they stay (4 slots is not a quarter of 8).
+  for layout in ("paged", "dense"):
+    kw = dict(slots=32, page_size=4, steps_per_sync=3, layout=layout)
+    ref = tail_run(params, EngineConfig(compact_min_steps=0, **kw), greedy=True)[0]
+    got, st = tail_run(sharded, EngineConfig(compact_min_steps=8, **kw), mesh=mesh, greedy=True)
+    assert st.compactions == 1 and st.layout == ("dense" if layout == "dense" else "xla")
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-4)
 
 
 def test_generate_dispatches_on_sampling_engine(params):

@@ -15,6 +15,12 @@ taken from the pool only as the rows grow, and released (reference counted: a sh
 when its last sample ends) as rows finish. The reservation means an admitted row never waits for
 a page, so there is no preemption.
 
+Tail compaction (`EngineConfig.compact_min_steps`): once nothing waits and at most a quarter of
+the slots are busy, the busy rows (their slot state, page tables and, dense, their pages) move
+into the first slots of a narrower program, the smallest power of two that holds them, so a long
+row's last steps no longer compute every empty slot. Rows keep their keys and budgets, so this
+changes no sample.
+
 Group sharing: the samples of a prompt point their page tables at the prompt's full pages. The
 prompt's partially filled last page (if any) is copied once for each sample after the first,
 since every sample writes its own tokens into it: at most one page per sample is copied.
@@ -47,7 +53,7 @@ from reasoner.model.config import ModelConfig
 from reasoner.sampling import decode_model, paged, sampler
 from reasoner.sampling.config import SamplingConfig
 from reasoner.sampling.sampler import SampleOutput, _check_prompts, bucket
-from reasoner.sharding import to_host
+from reasoner.sharding import batch_shards, to_host
 
 
 def _host_rows(arr: jax.Array, rows: np.ndarray) -> np.ndarray:
@@ -77,6 +83,12 @@ class EngineConfig:
   # wave of slots on a backend without the Pallas kernel, where dense is the faster layout and
   # holds no more memory: BUILD_NOTES "Rollout engine").
   layout: str = "auto"
+  # Tail compaction (`Engine.run`): when no prompt waits and at most a quarter of the slots are
+  # busy, the busy rows move into a program of fewer slots (the smallest power of two that holds
+  # them; a dense pool moves with them), so a long-tail row's last steps stop paying for the
+  # empty slots. Done only while some busy row may still decode at least this many steps (each
+  # new width compiles once per process, which short calls would not win back); 0 = never.
+  compact_min_steps: int = 128
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
@@ -84,6 +96,9 @@ class EngineConfig:
     for name in ("slots", "page_size", "steps_per_sync"):
       if getattr(self, name) < 1:
         raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.compact_min_steps < 0:
+      raise ValueError(f"EngineConfig.compact_min_steps must be >= 0 (0 = never), got "
+                       f"{self.compact_min_steps}")
 
 
 LAYOUTS = ("auto", "paged", "dense")
@@ -127,6 +142,8 @@ class EngineStats:
 
   decode_calls: int = 0
   decode_steps: int = 0
+  slot_steps: int = 0  # slots computed over all decode steps (busy or not)
+  compactions: int = 0  # times the busy rows moved into fewer slots
   admit_calls: int = 0
   pool_pages: int = 0
   peak_pages: int = 0  # most pages in use at once
@@ -175,14 +192,16 @@ class Engine:
     ps = engine.page_size
     longest = max_prompt_len or max(sampling.prompt_buckets)
     self.max_pages = -(-(bucket(longest, sampling.prompt_buckets) + sampling.max_new_tokens) // ps)
-    self.slots = engine.slots
-    if mesh is not None:
-      per = int(mesh.shape["data"] * mesh.shape["fsdp"])
-      self.slots = -(-self.slots // per) * per
+    # Row counts placed on the mesh (slots, admission batches) are multiples of its batch shards.
+    self._shards = batch_shards(mesh)
+    self.slots = self._whole_shards(engine.slots)
     if self.slots < sampling.n:
       raise ValueError(f"slots ({self.slots}) must hold a whole group (n = {sampling.n})")
     self.num_pages = engine.num_pages or self.slots * self.max_pages
     self._cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+  def _whole_shards(self, rows: int) -> int:
+    return -(-rows // self._shards) * self._shards
 
   def geometry(self, rows: int) -> _Geometry:
     """The cache geometry of a call of `rows` rows (`resolve_layout`)."""
@@ -205,11 +224,7 @@ class Engine:
     width = bucket(longest, self.sampling.prompt_buckets)
     if geo.impl != "dense":  # whole pages (a dense page is longer than any prompt)
       width = -(-width // geo.page_size) * geo.page_size
-    a = _pow2_at_least(prompts, max(1, S // n))
-    if self.mesh is not None:
-      per = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-      a = -(-a // per) * per
-    return a, width
+    return self._whole_shards(_pow2_at_least(prompts, max(1, S // n))), width
 
   def page_sharding(self, impl: str, shape):
     """Where one layer's pool lives: split over kv heads (`tensor`), whole on the batch axes (a
@@ -270,6 +285,7 @@ class Engine:
     if worst > num_pages:
       raise ValueError(f"a group needs {worst} pages; the pool has {num_pages}")
 
+    steps = self.ecfg.steps_per_sync
     stats = EngineStats(pool_pages=num_pages, page_bytes=ps * paged.kv_bytes_per_token(cfg),
                         layout=geo.impl)
     dparams = prep_fn(params)
@@ -340,7 +356,6 @@ class Engine:
             slot_reserve[s] = -(-(len(prompts[i]) + m) // ps) - full - (own - full)
       # Pages for the positions the next call may write: up to len + steps - 1 (the last
       # generated token is never fed).
-      steps = self.ecfg.steps_per_sync
       busy = slot_row >= 0
       for s in np.flatnonzero(busy):
         top = min(slot_len[s] + steps, slot_start[s] + m - 1)
@@ -354,6 +369,7 @@ class Engine:
                                          self._entries(geo, table, slot_owned, busy))
       stats.decode_calls += 1
       stats.decode_steps += steps
+      stats.slot_steps += steps * len(slot_row)
       live, count = to_host(slots.live), to_host(slots.count)
       slot_len = np.where(busy, slot_start + count, 0)
       finished = np.flatnonzero(busy & ~live)
@@ -371,6 +387,21 @@ class Engine:
           reserved -= slot_reserve[s]
           slot_reserve[s] = slot_owned[s] = 0
           slot_row[s] = -1
+      width = self._compact_width(slot_row, count, limits, queue)
+      if width:
+        # Tail compaction: the busy rows (and, dense, their pages) move to slots [0, width).
+        keep = np.flatnonzero(slot_row >= 0)
+        idx = np.concatenate([keep, np.flatnonzero(slot_row < 0)[:width - len(keep)]])
+        slots = self._take_slots(slots, idx)
+        table, slot_row, slot_len, slot_start, slot_owned, slot_reserve = (
+            a[idx] for a in (table, slot_row, slot_len, slot_start, slot_owned, slot_reserve))
+        if dense:  # page s is slot s's: the pool shrinks with the slots
+          k_pages, v_pages = self._take_pages(k_pages, idx), self._take_pages(v_pages, idx)
+          refs = refs[idx]
+          free_pages[:] = [p for p in range(width - 1, -1, -1) if refs[p] == 0]
+          num_pages = width
+          table[:, 0] = np.arange(width)
+        stats.compactions += 1
     stats.end_pages = num_pages - len(free_pages)
     result = SampleOutput(tokens=out["tokens"], logprobs=out["logprobs"],
                           sample_logprobs=out["sample_logprobs"], lengths=lengths, done=done,
@@ -378,10 +409,32 @@ class Engine:
                           prompt_lengths=np.repeat([len(p) for p in prompts], n).astype(np.int32))
     return result, stats
 
+  def _compact_width(self, slot_row, count, limits, queue) -> int:
+    """The slot count the busy rows move into now, or 0 for none (`EngineConfig.
+    compact_min_steps`): only when nothing waits, at most a quarter of the slots are busy and a
+    busy row may decode `compact_min_steps` more steps. A power of two (and a multiple of the
+    mesh's batch shards)."""
+    need = self.ecfg.compact_min_steps
+    busy = np.flatnonzero(slot_row >= 0)
+    if not need or queue or not len(busy):
+      return 0
+    if int((limits[slot_row[busy]] - count[busy]).max()) < need:
+      return 0
+    width = self._whole_shards(_pow2_at_least(len(busy), 1 << 40))
+    return width if 4 * width <= len(slot_row) else 0
+
+  def _take_slots(self, slots: paged.Slots, idx) -> paged.Slots:
+    ix = jnp.asarray(idx, jnp.int32)
+    return jax.tree.map(lambda a: self._place_rows(jnp.take(a, ix, axis=0)), slots)
+
+  def _take_pages(self, pages, idx):
+    ix = jnp.asarray(idx, jnp.int32)
+    return self._place_pages(tuple(jnp.take(p, ix, axis=0) for p in pages), "dense")
+
   def _entries(self, geo: _Geometry, table, owned, busy) -> paged.Entries:
     """The (page, slot, first position) of every page of a busy slot, padded to a power of two
-    (at least slots) with entries of no slot."""
-    ps, S = geo.page_size, self.slots
+    (at least the slots) with entries of no slot."""
+    ps, S = geo.page_size, table.shape[0]
     if geo.impl != "xla":  # the Pallas kernel reads the page table; dense reads the pool
       z = np.zeros((1,), np.int32)
       return paged.Entries(z, z, z)

@@ -155,6 +155,22 @@ def write_token(pages, x, page, off, kind: str, impl: str):
   """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S]); page = num_pages
   writes nothing."""
   x = x.astype(pages.dtype)
+  if impl == "dense" and x.shape[0] > 1:
+    # Page s is slot s's (`page` is s or num_pages): a per-row write, batched over the slots, so
+    # a pool split over the batch axes is written where it lives, with no gather of the updates.
+    length = pages.shape[3 if kind == "k" else 2]
+    off = jnp.where(page < pages.shape[0], off, length)  # out of range: dropped
+    if kind == "k":
+      return jax.vmap(lambda p, u, o: p.at[:, :, o].set(u, mode="drop"))(pages, x, off)
+    return jax.vmap(lambda p, u, o: p.at[:, o, :].set(u, mode="drop"))(pages, x, off)
+  if x.shape[0] == 1:
+    # One slot: XLA turns a one-index scatter into a dynamic-update-slice, and on XLA:CPU that
+    # one copies the whole pool every step (46 ms a step for a 272 MiB pool, BUILD_NOTES).
+    # A second index that writes nothing keeps it a scatter, done in place.
+    none = pages.shape[1 if impl == "pallas" else 0]
+    x = jnp.concatenate([x, x])
+    page = jnp.concatenate([page, jnp.full((1,), none, page.dtype)])
+    off = jnp.concatenate([off, off])
   if impl == "pallas":
     return pages.at[:, page, off].set(jnp.swapaxes(x, 0, 1), mode="drop")
   if kind == "k":
@@ -307,6 +323,13 @@ def _stop_sequence_hit(tokens, at, seqs):
   return hit
 
 
+def _put_per_row(buf, col, values):
+  """buf[s, col[s]] = values[s] (col out of range: nothing), as a write batched over the rows:
+  with the rows split over the batch axes each device writes its own, where an indexed scatter
+  over [rows, col] pairs made the partitioner gather every row's update to every device."""
+  return jax.vmap(lambda r, c, v: r.at[c].set(v, mode="drop"))(buf, col, values)
+
+
 def select(slots: Slots, scfg: SamplingConfig, pad_id: int, eos_id: int):
   """Picks each live slot's next token from its logits and records it (`step.select_next` with a
   per-row step and per-row rng keys). Returns (tokens [S], active [S], slots)."""
@@ -323,19 +346,18 @@ def select(slots: Slots, scfg: SamplingConfig, pad_id: int, eos_id: int):
     samp_lp = jnp.where(injected, 0.0, samp_lp)
   raw_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=1)[:, 0]
   active = slots.live
-  rows = jnp.arange(tok.shape[0])
   col = jnp.where(active, step, scfg.max_new_tokens)  # out of range: dropped
   tok = jnp.where(active, tok, pad_id)
-  tokens = slots.tokens.at[rows, col].set(tok, mode="drop")
+  tokens = _put_per_row(slots.tokens, col, tok)
   stopped = active & jnp.isin(tok, stop_ids) & ~injected
   if scfg.stop_sequences:
     stopped = stopped | (active & _stop_sequence_hit(tokens, step, scfg.stop_sequences))
   count = step + active.astype(jnp.int32)
   new = slots._replace(
       tokens=tokens,
-      logprobs=slots.logprobs.at[rows, col].set(raw_lp, mode="drop"),
-      sample_logprobs=slots.sample_logprobs.at[rows, col].set(samp_lp, mode="drop"),
-      injected=slots.injected.at[rows, col].set(injected, mode="drop"),
+      logprobs=_put_per_row(slots.logprobs, col, raw_lp),
+      sample_logprobs=_put_per_row(slots.sample_logprobs, col, samp_lp),
+      injected=_put_per_row(slots.injected, col, injected),
       done=slots.done | stopped, count=count,
       live=active & ~stopped & (count < slots.limit),
       closed=jnp.where(active, closed, slots.closed),
@@ -349,10 +371,9 @@ def model_step(dparams, k_pages, v_pages, page_table, entries, tokens, positions
   which slots keep their keys / values (others write nothing). Returns (logits [S, V] float32,
   k_pages, v_pages)."""
   ps = page_size_of(k_pages[0], impl)
-  s = tokens.shape[0]
-  rows = jnp.arange(s)
   num_pages = k_pages[0].shape[1 if impl == "pallas" else 0]
-  page = page_table[rows, jnp.minimum(positions // ps, page_table.shape[1] - 1)]
+  col = jnp.minimum(positions // ps, page_table.shape[1] - 1)
+  page = jnp.take_along_axis(page_table, col[:, None], axis=1)[:, 0]  # row-local (`_put_per_row`)
   page = jnp.where(write, page, num_pages)
   off = positions % ps
   lengths = jnp.where(write, positions + 1, 1)

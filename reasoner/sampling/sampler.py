@@ -31,6 +31,7 @@ from reasoner.model.config import ModelConfig
 from reasoner.sampling import decode_model
 from reasoner.sampling.config import SamplingConfig
 from reasoner.sampling.step import Buffers, init_buffers, select_next
+from reasoner.sharding import batch_shards
 
 # Number of times each program was traced (tests check that a new prompt length inside a bucket
 # does not retrace).
@@ -165,10 +166,8 @@ def layout(n_prompts: int, longest: int, sampling: SamplingConfig, mesh=None) ->
   `longest` tokens: rows padded to a multiple of the mesh's data x fsdp, width the prompt bucket,
   cache width + max_new_tokens."""
   width = bucket(longest, sampling.prompt_buckets)
-  rows = n_prompts
-  if mesh is not None:
-    per = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    rows = -(-n_prompts // per) * per
+  per = batch_shards(mesh)
+  rows = -(-n_prompts // per) * per
   return rows, width, width + sampling.max_new_tokens
 
 

@@ -135,6 +135,12 @@ def batch_spec(ndim: int, mesh: Mesh, rules: Rules = DEFAULT_RULES, batch_size: 
   return logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh, rules, shape)
 
 
+def batch_shards(mesh) -> int:
+  """How many ways the mesh splits a batch's rows (its data x fsdp axes; 1 without a mesh): what
+  row counts placed on it are padded to a multiple of."""
+  return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
 def row_shards(rows: int, mesh, rules: Rules = DEFAULT_RULES) -> int:
   """How many ways a batch of `rows` rows is split over devices as `batch_spec` places it (the
   `batch` rule's axes that divide the rows; 1 without a mesh). `mesh` may be a Mesh or the

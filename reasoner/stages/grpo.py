@@ -48,7 +48,7 @@ from reasoner.losses.sft import sft_loss
 from reasoner.rewards.composite import compute_rewards
 from reasoner.sampling import SamplingConfig
 from reasoner.sampling.rollouts import Rollouts, concat_rollouts
-from reasoner.sharding import to_host
+from reasoner.sharding import batch_shards, to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
 from reasoner.stages.rollouts import rollout_rows
@@ -205,11 +205,6 @@ def max_train_rows(grpo_cfg, mesh) -> int:
 def minibatch_rows(grpo_cfg, rows: int) -> int:
   """Rows of each update: the batch's `rows` split into grpo.minibatches."""
   return rows // grpo_cfg.minibatches
-
-
-def batch_shards(mesh) -> int:
-  """How many ways the mesh splits a batch's rows (its data x fsdp axes; 1 without a mesh)."""
-  return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
 
 
 def row_buckets(total: int, multiple: int, compact: bool = True):
