@@ -61,7 +61,8 @@ def test_greedy_token_identical_to_static_sampler(params, n, ecfg):
   out, stats = engine(params, PROMPTS, greedy=True, n=n, ecfg=ecfg)
   assert_same(out, static(params, PROMPTS, greedy=True, n=n))
   assert stats.admit_calls > 1  # rows were admitted as others finished
-  assert stats.layout == ("dense" if ecfg.layout == "dense" else paged.attention_impl())
+  impl = paged.attention_impl(CFG.dtype)
+  assert stats.layout == ("dense" if ecfg.layout == "dense" else impl)
 
 
 @pytest.mark.parametrize("ecfg", [SMALL, SMALL_DENSE], ids=["paged", "dense"])
@@ -106,14 +107,14 @@ def test_layouts_give_the_same_samples_and_auto_picks_dense_for_one_wave(params)
   kw = dict(temperature=1.5, top_k=20, n=2)
   a, st_a = engine(params, PROMPTS, seed=5, **kw)
   b, st_b = engine(params, PROMPTS, seed=5, ecfg=SMALL_DENSE, **kw)
-  assert (st_a.layout, st_b.layout) == (paged.attention_impl(), "dense")
+  assert (st_a.layout, st_b.layout) == (paged.attention_impl(CFG.dtype), "dense")
   assert_same(a, b)  # the per-row keys and the scheduling do not depend on the layout
   # One wave (12 rows on 16 slots): auto is dense, with a pool of the static sampler's cache
   # (slots x the longest row's bucketed cache) and no more.
   one_wave = EngineConfig(slots=16, page_size=4, steps_per_sync=3)
   c, st_c = engine(params, PROMPTS, seed=5, ecfg=one_wave, **kw)
   assert_same(c, a)
-  if paged.attention_impl() != "pallas":
+  if paged.attention_impl(CFG.dtype) != "pallas":
     # The static sampler's cache: the longest prompt's bucket + 12 new tokens (whole pages).
     cache_len = -(-(sampler.bucket(12, SamplingConfig().prompt_buckets) + 12) // 4) * 4
     assert st_c.layout == "dense" and st_c.pool_pages == 16
@@ -247,7 +248,78 @@ def test_entry_attention_equals_gqa_attention():
   ref = L.gqa_attention(jnp.asarray(q)[:, None], jnp.asarray(keys), jnp.asarray(vals),
                         jnp.asarray(mask))[:, 0]
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
-  assert paged.attention_impl() == ("pallas" if jax.default_backend() == "tpu" else "xla")
+
+
+def tpu_interpreter():
+  """Pallas' TPU interpreter: runs a TPU kernel (its DMAs and semaphores included) on CPU."""
+  pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
+  if not hasattr(pltpu, "force_tpu_interpret_mode"):
+    pytest.skip("this jax has no TPU interpret mode")
+  return pltpu.force_tpu_interpret_mode()
+
+
+def numpy_paged_attention(q, k_pages, v_pages, table, lengths):
+  """float64 reference over the kernel's layout ([K, P, ps, Dh]), GQA heads grouped in order."""
+  s, h, d = q.shape
+  kv = k_pages.shape[0]
+  out = np.zeros((s, h, d))
+  for r in range(s):
+    keys = np.concatenate([k_pages[:, p] for p in table[r]], axis=1)[:, :lengths[r]]
+    vals = np.concatenate([v_pages[:, p] for p in table[r]], axis=1)[:, :lengths[r]]
+    for head in range(h):
+      g = head // (h // kv)
+      logits = keys[g] @ q[r, head] / np.sqrt(d)
+      w = np.exp(logits - logits.max())
+      out[r, head] = (w / w.sum()) @ vals[g]
+  return out
+
+
+def test_pallas_kernel_reads_bfloat16_so_a_float32_pool_takes_the_gather():
+  """The shipped TPU kernel, run through Pallas' TPU interpreter: exact (to float32 sums) on a
+  bfloat16 pool, off by bfloat16 rounding on a float32 one, hence the float32 gate."""
+  rng = np.random.default_rng(1)
+  s, h, kv, d, ps, npages, per = 3, 4, 2, 8, 4, 12, 4
+  q = rng.normal(size=(s, h, d)).astype(np.float32)
+  k32 = rng.normal(size=(kv, npages, ps, d)).astype(np.float32)
+  v32 = rng.normal(size=(kv, npages, ps, d)).astype(np.float32)
+  table = rng.permutation(npages)[:s * per].reshape(s, per).astype(np.int32)
+  lengths = np.array([5, 16, 1], np.int32)  # a partial page, every page, one position
+  k16, v16 = jnp.asarray(k32, jnp.bfloat16), jnp.asarray(v32, jnp.bfloat16)
+  with tpu_interpreter():
+    got16 = paged.pallas_attention(jnp.asarray(q), k16, v16, jnp.asarray(table),
+                                   jnp.asarray(lengths))
+    got32 = paged.pallas_attention(jnp.asarray(q), jnp.asarray(k32), jnp.asarray(v32),
+                                   jnp.asarray(table), jnp.asarray(lengths))
+  ref16 = numpy_paged_attention(q, np.asarray(k16, np.float64), np.asarray(v16, np.float64),
+                                table, lengths)
+  np.testing.assert_allclose(np.asarray(got16), ref16, atol=1e-5)
+  ref32 = numpy_paged_attention(q, k32.astype(np.float64), v32.astype(np.float64), table, lengths)
+  assert np.abs(np.asarray(got32) - ref32).max() > 1e-4  # float32 pages read as bfloat16
+  np.testing.assert_allclose(np.asarray(got32), ref16, atol=1e-5)
+  tpu = jax.default_backend() == "tpu"
+  assert paged.attention_impl("float32") == "xla"
+  assert paged.attention_impl("bfloat16") == ("pallas" if tpu else "xla")
+
+
+def test_engine_on_the_pallas_branch_equals_the_gather(monkeypatch):
+  """The whole engine on the Pallas layout and kernel (pool writes, page tables, group-shared
+  prompt pages) through the TPU interpreter, against the XLA gather on the same bfloat16 model."""
+  cfg = CFG.replace(dtype="bfloat16")
+  bf_params = init_params(cfg, jax.random.PRNGKey(0))
+  ecfg = EngineConfig(slots=4, page_size=4, steps_per_sync=3, layout="paged")
+
+  def run(impl):
+    monkeypatch.setattr(paged, "attention_impl", lambda dtype="bfloat16": impl)
+    eng = Engine(cfg, SamplingConfig(greedy=True, n=2, max_new_tokens=8), pad_id=PAD, eos_id=-1,
+                 engine=ecfg, max_prompt_len=max(len(p) for p in PROMPTS))
+    return eng.run(bf_params, PROMPTS, jax.random.PRNGKey(0))
+
+  a, st_a = run("xla")
+  with tpu_interpreter():
+    b, st_b = run("pallas")
+  assert (st_a.layout, st_b.layout) == ("xla", "pallas")
+  assert st_b.end_pages == 0 and st_b.peak_pages == st_a.peak_pages
+  assert_same(a, b, logprob_atol=1e-5)
 
 
 def test_sharded_engine_equals_single_device(params):
