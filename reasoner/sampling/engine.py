@@ -78,10 +78,10 @@ class EngineConfig:
   num_pages: int = 0
   steps_per_sync: int = 16
   # How the KV cache is laid out (`resolve_layout`): "paged" (pages of page_size from a shared
-  # pool; the Pallas kernel on TPU for a bfloat16 pool, the XLA gather elsewhere), "dense" (one page per slot, as long
-  # as a row's cache, read in place) or "auto" (paged unless every row of the call fits in one
-  # wave of slots on a backend without the Pallas kernel, where dense is the faster layout and
-  # holds no more memory: BUILD_NOTES "Rollout engine").
+  # pool; the Pallas kernel on TPU for a bfloat16 pool, the XLA gather elsewhere), "dense" (one
+  # page per slot, as long as a row's cache, read in place) or "auto" (paged unless every row of
+  # the call fits in one wave of slots on a backend without the Pallas kernel, where dense is the
+  # faster layout and holds no more memory: BUILD_NOTES "Rollout engine").
   layout: str = "auto"
   # Tail compaction (`Engine.run`): when no prompt waits and at most a quarter of the slots are
   # busy, the busy rows move into a program of fewer slots (the smallest power of two that holds
@@ -104,20 +104,19 @@ class EngineConfig:
 LAYOUTS = ("auto", "paged", "dense")
 
 
-def resolve_layout(layout: str, rows: int, slots: int, fits_dense: bool = True,
-                   dtype="bfloat16") -> str:
+def resolve_layout(layout: str, rows: int, slots: int, dtype, fits_dense: bool = True) -> str:
   """The attention implementation (`paged.IMPLS`) a call of `rows` rows runs on `slots` slots,
   with a pool of `dtype` (`paged.attention_impl`).
 
   "auto" is dense when the call is one wave (rows <= slots: no row ever waits for a slot, so
   continuous batching has nothing to reorder) and the pool may hold every slot's worst case
   (`fits_dense`), except where the Pallas paged kernel runs (TPU, bfloat16 pool), which is the
-  point there. Otherwise it is
-  paged. Why: on XLA:CPU the paged attention's gather of the live pages costs about 3-5x the
-  in-place read per cached position (BUILD_NOTES), which only pays when rows come and go (the
-  live positions are then far fewer than the slots' worst case); in one wave the dense pool is
-  the size of the default paged pool, and the engine's scheduling, per-row keys and budgets are
-  the same either way, so the choice changes the speed and not the results' distribution.
+  point there. Otherwise it is paged. Why: on XLA:CPU the paged attention's gather of the live
+  pages costs about 3-5x the in-place read per cached position (BUILD_NOTES), which only pays when
+  rows come and go (the live positions are then far fewer than the slots' worst case); in one wave
+  the dense pool is the size of the default paged pool, and the engine's scheduling, per-row keys
+  and budgets are the same either way, so the choice changes the speed and not the results'
+  distribution.
   """
   paged_impl = paged.attention_impl(dtype)
   if layout == "paged":
@@ -209,9 +208,8 @@ class Engine:
   def geometry(self, rows: int) -> _Geometry:
     """The cache geometry of a call of `rows` rows (`resolve_layout`)."""
     ps = self.ecfg.page_size
-    impl = resolve_layout(self.ecfg.layout, rows, self.slots,
-                          fits_dense=self.num_pages >= self.slots * self.max_pages,
-                          dtype=self.cfg.dtype)
+    impl = resolve_layout(self.ecfg.layout, rows, self.slots, self.cfg.dtype,
+                          fits_dense=self.num_pages >= self.slots * self.max_pages)
     if impl == "dense":  # page s = slot s's whole cache
       return _Geometry(impl, self.max_pages * ps, 1, self.slots)
     return _Geometry(impl, ps, self.max_pages, self.num_pages)

@@ -94,7 +94,7 @@ def kv_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:
 IMPLS = ("pallas", "xla", "dense")
 
 
-def attention_impl(dtype="bfloat16") -> str:
+def attention_impl(dtype) -> str:
   """The paged implementation for a pool of `dtype` on this backend: 'pallas' on TPU for a
   bfloat16 pool (jax.experimental.pallas.ops.tpu.paged_attention, over page tables), else 'xla'
   (a gather of the live pages listed as (page, slot) entries, see `entry_attention`). ('dense',
@@ -103,8 +103,8 @@ def attention_impl(dtype="bfloat16") -> str:
   Why not Pallas for a float32 pool: the shipped kernel reads every page as bfloat16 (it casts
   the loaded keys and values before its dots), so on a float32 pool it is off by bfloat16's
   rounding (3.9e-3 on values of order 1, measured through Pallas' TPU interpreter, BUILD_NOTES)
-  where the XLA gather is exact: greedy decoding token-identical to the static sampler and the
-  sampler's log-probs within 1e-5 of the learner's hold for float32 on every backend."""
+  where the XLA gather keeps float32: greedy decoding token-identical to the static sampler and
+  the sampler's log-probs at float32 rounding of the learner's, on every backend."""
   if jax.default_backend() != "tpu" or jnp.dtype(dtype) != jnp.bfloat16:
     return "xla"
   try:
