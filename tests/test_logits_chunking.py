@@ -41,10 +41,25 @@ def params():
 
 
 def test_chunk_size_from_the_budget():
-  assert logits_chunk(2, 80, 4096, 1) == 32  # 1 MiB / (2 rows x 4096 x 4 bytes)
+  # 1 MiB / (2 rows x 4096 x 4 bytes) = 32 positions at most: 3 chunks, balanced to 27 each
+  # (81 positions, one of padding; 32 + 32 + 16 would pad 16).
+  assert logits_chunk(2, 80, 4096, 1) == 27
+  assert logits_chunk(2, 64, 4096, 1) == 32  # divides: 2 chunks of the largest size
   assert logits_chunk(2, 80, 4096, 0) == 80
   assert logits_chunk(2, 16, 4096, 1) == 16  # fits whole
   assert logits_chunk(64, 100, 151936, 1) == 1
+
+
+@pytest.mark.parametrize("budget_mib", [1, 2, 3, 5, 7, 16])
+@pytest.mark.parametrize("seq", [1, 7, 80, 255, 256, 1000])
+def test_chunks_stay_in_budget_with_less_than_a_position_of_padding_per_chunk(budget_mib, seq):
+  rows, vocab = 2, 4096
+  chunk = logits_chunk(rows, seq, vocab, budget_mib)
+  largest = max(1, budget_mib * 2**20 // (rows * vocab * 4))
+  n = -(-seq // chunk)
+  assert chunk <= max(largest, 1) or chunk == seq
+  assert n == -(-seq // min(largest, seq))  # no more chunks than the budget forces
+  assert n * chunk - seq < n
 
 
 def test_chunked_stats_equal_whole_logits(params):
@@ -85,6 +100,59 @@ def test_chunked_losses_and_grads_equal_unchunked(params, loss):
   for k in m0:
     np.testing.assert_allclose(m1[k], m0[k], rtol=1e-4, atol=1e-5, err_msg=k)
   jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-6), g1, g0)
+
+
+@pytest.mark.parametrize("variant", ["tied", "bfloat16", "frozen_head", "frozen_tied"])
+def test_fused_sft_head_equals_the_whole_logits(variant):
+  """SFT's chunked loss computes its gradient during the forward sweep (`chunked_nll`): values,
+  metrics and gradients equal the whole-logits path for a tied embedding, bfloat16 compute, and
+  a head that is not differentiated (a frozen base), and a plain call (no gradient) agrees."""
+  cfg = CFG.replace(tie_embeddings=variant in ("tied", "frozen_tied"),
+                    dtype="bfloat16" if variant == "bfloat16" else "float32")
+  whole = cfg.replace(logits_chunk_mib=0)
+  p = init_params(cfg, jax.random.PRNGKey(3))
+  b = batch()
+  head = "embed" if cfg.tie_embeddings else "lm_head"
+  frozen = variant.startswith("frozen")
+
+  def loss(c):  # scaled, as a weighted term of a larger loss is (the cotangent is not 1)
+    def fn(q):
+      q = dict(q, **{head: p[head]}) if frozen else q  # a frozen head: a constant of fn
+      value, metrics = losses.sft_loss(q, b, None, model_cfg=c)
+      return 0.5 * value, metrics
+    return fn
+
+  args = {k: v for k, v in p.items() if k != head} if frozen else p
+  (l1, m1), g1 = jax.jit(jax.value_and_grad(loss(cfg), has_aux=True))(args)
+  (l0, m0), g0 = jax.jit(jax.value_and_grad(loss(whole), has_aux=True))(args)
+  plain, _ = jax.jit(loss(cfg))(args)
+  tol = dict(rtol=2e-2, atol=2e-3) if variant == "bfloat16" else dict(rtol=2e-4, atol=2e-6)
+  np.testing.assert_allclose(l1, l0, rtol=1e-2 if variant == "bfloat16" else 1e-5)
+  np.testing.assert_allclose(plain, l1, rtol=1e-4 if variant == "bfloat16" else 1e-6)
+  for k in m0:
+    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-2, atol=1e-2, err_msg=k)
+  assert set(g1) == set(g0) and (head in g1) != frozen
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, **tol), g1, g0)
+  assert float(jnp.abs(g1["final_norm"]).max()) > 0  # the hidden states' gradient arrives
+
+
+def test_fused_sft_head_bounds_compiled_memory():
+  """The SFT loss's gradient at 1 x 4096 tokens, vocab 32k, through the fused head: like the
+  rematerialised scan, temporaries stay far below one copy of the float32 logits."""
+  cfg = CFG.replace(vocab_size=32768, max_seq_len=4096, logits_chunk_mib=8, n_layers=1)
+  shapes = jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))
+  t = 4096
+  b = {k: jax.ShapeDtypeStruct((1, t), jnp.float32 if k == "loss_mask" else jnp.int32)
+       for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+
+  def temp(c):
+    g = jax.grad(lambda p, b: losses.sft_loss(p, b, None, model_cfg=c)[0])
+    return jax.jit(g).lower(shapes, b).compile().memory_analysis().temp_size_in_bytes
+
+  chunked, whole = temp(cfg), temp(cfg.replace(logits_chunk_mib=0))
+  logits_bytes = t * cfg.vocab_size * 4
+  assert whole > logits_bytes
+  assert chunked < logits_bytes / 8, (chunked, whole)
 
 
 def test_chunked_train_step_on_mesh_matches_one_device(params):

@@ -10,19 +10,21 @@ pass `ModelConfig.logits_chunk_mib` on a device: it scans over chunks of positio
 one chunk of hidden states to logits, reduces them to the per-token numbers, and drops them;
 the chunk body is rematerialised, so the backward pass recomputes one chunk's logits at a time
 and peak memory is one chunk of logits (plus its gradient). Below the budget it is one pass
-over the whole batch, the same arithmetic as the unchunked functions.
+over the whole batch, the same arithmetic as the unchunked functions. SFT's loss, whose logits'
+gradient is known before the backward, skips the recompute (`chunked_nll`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
-from reasoner.losses.common import shift_right
+from reasoner.losses.common import masked_mean, shift_right
 from reasoner.model import ModelConfig, forward
-from reasoner.model.decoder import hidden_states, unembed
+from reasoner.model.decoder import flat_matmuls, hidden_states, matmul_out_dtype, unembed
 from reasoner.sharding.activations import constrain, current_mesh
 from reasoner.sharding.rules import row_shards
 
@@ -85,12 +87,16 @@ def token_entropy(logits: jax.Array, segment_ids: Optional[jax.Array] = None) ->
 
 def logits_chunk(rows: int, seq: int, vocab: int, budget_mib: int) -> int:
   """Positions per chunk so that one device's float32 [rows, chunk, vocab] logits (its rows under
-  the enclosing mesh: `row_shards`) stay within `budget_mib` (at least 1); `seq` (no chunking)
-  when the whole fits or the budget is 0."""
+  the enclosing mesh: `row_shards`) stay within `budget_mib` (at least 1), balanced over the
+  fewest chunks; `seq` (no chunking) when the whole fits or the budget is 0."""
   per_position = rows // row_shards(rows, current_mesh()) * vocab * 4
   if budget_mib <= 0 or per_position * seq <= budget_mib * 2**20:
     return seq
-  return max(1, min(seq, budget_mib * 2**20 // per_position))
+  largest = max(1, min(seq, budget_mib * 2**20 // per_position))
+  # As few chunks as the budget allows, of equal size: padding stays under one position per
+  # chunk (the largest chunk alone could pad up to nearly a whole chunk of wasted logits).
+  n = -(-seq // largest)
+  return -(-seq // n)
 
 
 def next_token_stats(params, cfg: ModelConfig, hidden: jax.Array, tokens: jax.Array,
@@ -113,16 +119,136 @@ def next_token_stats(params, cfg: ModelConfig, hidden: jax.Array, tokens: jax.Ar
     out = stats_of(hidden, targets)
   else:
     n = -(-t // chunk)
-    pad = n * chunk - t
-    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    tgt = jnp.pad(targets, ((0, 0), (0, pad)))
-    # [n, b, chunk, ...]: the scan walks the chunks; each row keeps its device.
-    h = jnp.moveaxis(h.reshape(b, n, chunk, h.shape[-1]), 1, 0)
-    tgt = jnp.moveaxis(tgt.reshape(b, n, chunk), 1, 0)
     body = jax.checkpoint(lambda carry, xs: (carry, stats_of(*xs)))
-    _, out = jax.lax.scan(body, None, (h, tgt))
-    out = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :t], out)
+    _, out = jax.lax.scan(body, None, (_chunks(hidden, n, chunk), _chunks(targets, n, chunk)))
+    out = jax.tree.map(lambda x: _unchunk(x, t), out)
   return {k: _align(v, segment_ids) for k, v in out.items()}
+
+
+def _chunks(x: jax.Array, n: int, chunk: int) -> jax.Array:
+  """[b, t, ...] -> [n, b, chunk, ...], zero-padded at the end: the scan walks the chunks and
+  each row keeps its device."""
+  b, t = x.shape[:2]
+  x = jnp.pad(x, ((0, 0), (0, n * chunk - t)) + ((0, 0),) * (x.ndim - 2))
+  return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x: jax.Array, t: int) -> jax.Array:
+  """[n, b, chunk, ...] -> [b, t, ...] (drops the padding)."""
+  n, b, chunk = x.shape[:3]
+  return jnp.moveaxis(x, 0, 1).reshape(b, n * chunk, *x.shape[3:])[:, :t]
+
+
+def _head_logits(w: jax.Array, h: jax.Array, tied: bool) -> jax.Array:
+  """`unembed` on the head weights alone ([V, D] tied, else [D, V]): float32 logits of h
+  [b, t, D] (constrained like `next_token_stats`' logits) or of flattened rows [r, D]."""
+  dt = h.dtype
+  logits = jnp.einsum("...d,vd->...v" if tied else "...d,dv->...v", h, w.astype(dt),
+                      preferred_element_type=matmul_out_dtype(dt)).astype(dt).astype(jnp.float32)
+  if logits.ndim == 3:
+    logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+  return logits
+
+
+def _fused_nll_primal(h, w, targets, tied, chunk, argmax):
+  """'logp' / 'argmax' at the predicting positions, one chunk of logits at a time, with no
+  gradient work (`_fused_nll` outside differentiation)."""
+  t = h.shape[1]
+  n = -(-t // chunk)
+
+  def body(_, xs):
+    return None, _logits_stats(_head_logits(w, xs[0], tied), xs[1], False, argmax)
+
+  _, out = jax.lax.scan(body, None, (_chunks(h, n, chunk), _chunks(targets, n, chunk)))
+  return jax.tree.map(lambda x: _unchunk(x, t), out)
+
+
+def _fused_nll_fwd(h, w, targets, weights, tied, chunk, argmax):
+  """The forward and the whole backward of the weighted NLL in one sweep of the chunks: each
+  chunk's logits give its log-probs and, since d(-w log p)/d logits = w (softmax - onehot) is
+  known here, its hidden-state gradient and its share of the head's gradient. Three matmuls
+  per chunk against the four of a rematerialised scan (forward, recompute, two gradients);
+  the head's gradient is skipped when the head is not differentiated (a frozen LoRA base)."""
+  want_dw = w.perturbed
+  h, w, targets, weights = h.value, w.value, targets.value, weights.value
+  b, t = targets.shape
+  n = -(-t // chunk)
+  wd = w.astype(h.dtype)
+  xs = (_chunks(h, n, chunk), _chunks(targets, n, chunk), _chunks(weights, n, chunk))
+  flat = flat_matmuls()
+  if flat:  # [n, b * chunk, ...]: 2-D matmuls, faster on XLA:CPU (see `flat_matmuls`)
+    xs = jax.tree.map(lambda x: x.reshape(n, b * chunk, *x.shape[3:]), xs)
+  lead = "r" if flat else "bc"
+
+  def body(dw, xs):
+    hc, tc, wc = xs
+    logits = _head_logits(w, hc, tied)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    stats = {"logp": jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0] - logz}
+    if argmax:
+      stats["argmax"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    probs = jnp.exp(logits - logz[..., None])
+    hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == tc[..., None]
+    dlogits = (wc[..., None] * jnp.where(hit, probs - 1.0, probs)).astype(hc.dtype)
+    if not flat:
+      dlogits = constrain(dlogits, ("act_batch", "act_seq", "act_vocab"))
+    dh = jnp.einsum(f"{lead}v,vd->{lead}d" if tied else f"{lead}v,dv->{lead}d", dlogits, wd,
+                    preferred_element_type=matmul_out_dtype(wd.dtype)).astype(wd.dtype)
+    if want_dw:
+      dw = dw + jnp.einsum(f"{lead}v,{lead}d->vd" if tied else f"{lead}v,{lead}d->dv", dlogits,
+                           hc, preferred_element_type=jnp.float32)
+    return dw, (stats, dh)
+
+  dw0 = jnp.zeros(w.shape, jnp.float32) if want_dw else None
+  dw, out = jax.lax.scan(body, dw0, xs)
+  if flat:
+    out = jax.tree.map(lambda x: x.reshape(n, b, chunk, *x.shape[2:]), out)
+  stats, dh = jax.tree.map(lambda x: _unchunk(x, t), out)
+  nll = -jnp.sum(weights * stats["logp"])
+  return (nll, stats), (dh, None if dw is None else dw.astype(w.dtype))
+
+
+def _fused_nll_bwd(tied, chunk, argmax, res, ct):
+  """Scales the forward's gradients by the loss's cotangent; the stats carry none (the
+  caller stops their gradient)."""
+  del tied, chunk, argmax
+  dh, dw = res
+  c = ct[0]
+  c = jnp.zeros((), jnp.float32) if isinstance(c, jax.custom_derivatives.SymbolicZero) else c
+  dw = None if dw is None else (c * dw).astype(dw.dtype)
+  return (c * dh.astype(jnp.float32)).astype(dh.dtype), dw, None, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused_nll(h, w, targets, weights, tied, chunk, argmax):
+  """(-sum(weights * logp), stats) at the predicting positions; see `_fused_nll_fwd`."""
+  stats = _fused_nll_primal(h, w, targets, tied, chunk, argmax)
+  return -jnp.sum(weights * stats["logp"]), stats
+
+
+_fused_nll.defvjp(_fused_nll_fwd, _fused_nll_bwd, symbolic_zeros=True)
+
+
+def chunked_nll(params, cfg: ModelConfig, hidden: jax.Array, tokens: jax.Array,
+                segment_ids: Optional[jax.Array], mask: jax.Array, *,
+                argmax: bool = False) -> Optional[tuple[jax.Array, dict]]:
+  """The mean negative log-likelihood over the tokens of `mask` (aligned [b, t]; SFT's loss,
+  `-masked_mean(logp, mask)`) with its gradient computed during the forward sweep, or None
+  when the logits fit the budget whole (then the plain path costs the same three matmuls).
+  Returns (nll, stats) with stats as `next_token_stats` (aligned, without gradient)."""
+  b, t = tokens.shape
+  chunk = logits_chunk(b, t, cfg.vocab_size, cfg.logits_chunk_mib)
+  if chunk >= t:
+    return None
+  mask = mask.astype(jnp.float32)
+  counted = mask if segment_ids is None else mask * continues_segment(segment_ids)
+  weights = counted / jnp.maximum(jnp.sum(mask), 1.0)  # masked_mean's denominator
+  # The weight of the predicting position t is that of token t + 1.
+  weights = jax.lax.stop_gradient(jnp.concatenate([weights[:, 1:], weights[:, :1] * 0], axis=1))
+  w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+  nll, stats = _fused_nll(hidden, w, _next_targets(tokens), weights, cfg.tie_embeddings, chunk,
+                          argmax)
+  return nll, {k: _align(jax.lax.stop_gradient(v), segment_ids) for k, v in stats.items()}
 
 
 def model_logits(params, cfg: ModelConfig, batch: Mapping[str, Any], *, return_hidden=False):
@@ -142,13 +268,26 @@ def _check_batch(batch: Mapping[str, Any]) -> None:
 
 
 def sequence_stats(params, cfg: ModelConfig, batch: Mapping[str, Any], *, entropy: bool = False,
-                   argmax: bool = False, return_hidden: bool = False) -> dict:
+                   argmax: bool = False, return_hidden: bool = False,
+                   nll_mask: Optional[jax.Array] = None) -> dict:
   """Forward pass on batch tokens / positions / segment_ids -> `next_token_stats` (plus
-  'hidden' [b, t, D] with return_hidden), never holding more than a chunk of logits."""
+  'hidden' [b, t, D] with return_hidden), never holding more than a chunk of logits.
+
+  With `nll_mask` (aligned [b, t]) also 'nll' = -masked_mean(logp, nll_mask), SFT's loss: when
+  the logits are chunked it comes from `chunked_nll`, whose forward sweep computes the gradient
+  as well, and then only 'nll' carries a gradient (differentiate 'nll', not 'logp')."""
   _check_batch(batch)
   seg = batch.get("segment_ids")
   h = hidden_states(params, batch["tokens"], batch["positions"], cfg, segment_ids=seg)
-  out = next_token_stats(params, cfg, h, batch["tokens"], seg, entropy=entropy, argmax=argmax)
+  fused = None
+  if nll_mask is not None and not entropy:
+    fused = chunked_nll(params, cfg, h, batch["tokens"], seg, nll_mask, argmax=argmax)
+  if fused is not None:
+    out = dict(fused[1], nll=fused[0])
+  else:
+    out = next_token_stats(params, cfg, h, batch["tokens"], seg, entropy=entropy, argmax=argmax)
+    if nll_mask is not None:
+      out["nll"] = -masked_mean(out["logp"], nll_mask.astype(jnp.float32))
   if return_hidden:
     out["hidden"] = h
   return out

@@ -28,9 +28,9 @@ def sft_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: Mod
   masked tokens) and n_tokens.
   """
   del rng
-  stats = sequence_stats(params, model_cfg, batch, argmax=True)
   mask = batch["loss_mask"].astype(jnp.float32)
-  loss = sft_objective(stats["logp"], mask)
+  stats = sequence_stats(params, model_cfg, batch, argmax=True, nll_mask=mask)
+  loss = stats["nll"]  # sft_objective(logp, mask), fused with its gradient when chunked
   correct = (stats["argmax"] == batch["tokens"]).astype(jnp.float32)
   metrics = {"loss": loss, "accuracy": masked_mean(correct, mask), "n_tokens": jnp.sum(mask)}
   return loss, jax.lax.stop_gradient(metrics)
