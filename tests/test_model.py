@@ -176,3 +176,36 @@ def test_config_errors_are_clear():
     ModelConfig(n_heads=6, n_kv_heads=4)
   with pytest.raises(ValueError, match="unknown model preset 'huge'"):
     get_config("huge")
+
+
+def test_bfloat16_projections_on_cpu_ask_for_float32_results_and_round_once():
+  """On XLA:CPU a bfloat16 matmul asks for a float32 result (a 4-5x faster kernel there) and
+  rounds it to bfloat16 once: every projection's dot in the compiled forward has bfloat16
+  operands and a float32 result, and a projection equals the float64 product of its bfloat16
+  inputs to within one bfloat16 rounding."""
+  from reasoner.model.decoder import matmul_out_dtype, project
+  assert jax.default_backend() == "cpu"
+  assert matmul_out_dtype(jnp.bfloat16) == jnp.float32
+  assert matmul_out_dtype(jnp.float32) is None
+  cfg = CFG.replace(dtype="bfloat16")
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+  hlo = jax.jit(lambda p: forward(p, tokens, positions, cfg)[0]).lower(params).as_text()
+  dots = [line for line in hlo.splitlines() if "dot_general" in line and "->" in line]
+  # The layers are one scanned body: its 7 projections (q, k, v, o, gate, up, down) and the
+  # head; attention's batched einsums are the only dots allowed a bfloat16 result.
+  proj = [d for d in dots if d.count("bf16>") == 2 and d.rstrip().endswith("f32>")
+          and "batching_dims" not in d]
+  bf16_out = [d for d in dots if d.count("bf16>") == 3 and "batching_dims" not in d]
+  assert len(proj) == 8 and not bf16_out, "\n".join(dots)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, cfg.d_model)), jnp.bfloat16)
+  lp = jax.tree.map(lambda a: a[0], params["layers"])
+  for name in ("wq", "w_up", "w_down"):
+    xin = x if name != "w_down" else jnp.asarray(
+        np.random.default_rng(2).normal(size=(2, 9, cfg.d_ff)), jnp.bfloat16)
+    y = project(cfg, xin, lp, name)
+    assert y.dtype == jnp.bfloat16
+    w = np.asarray(lp[name].astype(jnp.bfloat16), np.float64)
+    ref = np.tensordot(np.asarray(xin, np.float64), w, axes=1).reshape(y.shape)
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=2 ** -8, atol=1e-6)

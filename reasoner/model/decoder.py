@@ -21,6 +21,8 @@ positions and its segment ids say where its tokens really are, so left-padded pr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Optional
 
 import jax
@@ -133,10 +135,10 @@ def project(cfg: ModelConfig, x: jax.Array, lp, name: str) -> jax.Array:
   dt = x.dtype
   eq, eq_a, eq_b = _PROJ[name]
   w = lp[name].astype(dt)
-  if name in _FLAT and _flat_matmuls():
+  if name in _FLAT and flat_matmuls():
     y = _flat_project(x, w)
   else:
-    y = jnp.einsum(eq, x, w)
+    y = jnp.einsum(eq, x, w, preferred_element_type=matmul_out_dtype(dt)).astype(dt)
   adapter = lp.get("lora", {}).get(name)
   if adapter is not None:
     xa = jnp.einsum(eq_a, x, adapter["a"].astype(dt))
@@ -147,22 +149,55 @@ def project(cfg: ModelConfig, x: jax.Array, lp, name: str) -> jax.Array:
 _FLAT = ("w_gate", "w_up", "w_down")  # the MLP (bit-identical results; q/k/v/o were not)
 
 
-def _flat_matmuls() -> bool:
+def flat_matmuls() -> bool:
   """Whether `project` runs the MLP's weights (`_FLAT`) as one 2-D matmul over the flattened
   rows (XLA:CPU on one device) rather than the einsum over [b, t, ...] (accelerators, and
   anything traced under a mesh of several devices, where a reshape across sharded axes could
   move data). On XLA:CPU the einsum's backward made the tiny preset's train step ~1.35x slower,
   and the flattened MLP gives bit-identical losses and gradients (the attention projections did
-  not: they stay einsums). BUILD_NOTES "Train step on CPU"."""
-  if jax.default_backend() != "cpu":
+  not: they stay einsums). The fused SFT head (`reasoner.losses.logprobs.chunked_nll`) follows
+  the same rule. BUILD_NOTES "Train step on CPU"."""
+  if target_platform() != "cpu":
     return False
   mesh = current_mesh()
   return mesh is None or mesh.size == 1
 
 
+_TARGET = contextvars.ContextVar("reasoner_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compile_for(platform: str):
+  """Within it, the model's backend-dependent choices (`flat_matmuls`, `matmul_out_dtype`)
+  are made for `platform` ("cpu", or an accelerator: "gpu", "tpu", "accelerator") rather than
+  for the backend that traces: the planner compiles an accelerator's programs on CPU devices."""
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
+def target_platform() -> str:
+  """The platform the model's programs are traced for: `compile_for`'s, else JAX's backend."""
+  return _TARGET.get() or jax.default_backend()
+
+
+def matmul_out_dtype(dt) -> Optional[Any]:
+  """The result dtype to ask of a matmul of `dt` inputs (the result is cast back to `dt`):
+  float32 for bfloat16 on XLA:CPU, whose bfloat16 x bfloat16 -> float32 kernels run 4-5x
+  faster than its bfloat16-output ones on this project's machine (BUILD_NOTES "bfloat16 on
+  CPU"); None (the inputs' dtype) elsewhere, where accelerators accumulate in float32 anyway
+  and a float32 result would make the backward's matmuls float32."""
+  if jnp.dtype(dt) == jnp.bfloat16 and target_platform() == "cpu":
+    return jnp.float32
+  return None
+
+
 def _flat_project(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [b, t, in] times w [in, out] as one [b * t, in] @ [in, out] matmul."""
-  return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), w, preferred_element_type=matmul_out_dtype(x.dtype))
+  return y.astype(x.dtype).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_attention):
@@ -198,11 +233,13 @@ def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_a
 def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (tied or separate output head)."""
   dt = h.dtype
+  out = matmul_out_dtype(dt)
   if cfg.tie_embeddings:
-    logits = jnp.einsum("...d,vd->...v", h, params["embed"].astype(dt))
+    logits = jnp.einsum("...d,vd->...v", h, params["embed"].astype(dt), preferred_element_type=out)
   else:
-    logits = jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(dt))
-  return logits.astype(jnp.float32)
+    logits = jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(dt),
+                        preferred_element_type=out)
+  return logits.astype(dt).astype(jnp.float32)
 
 
 def _embed(params: Params, tokens: jax.Array, cfg: ModelConfig, segment_ids: Optional[jax.Array]):

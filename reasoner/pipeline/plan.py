@@ -273,7 +273,9 @@ def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mes
   opt_bytes = per_device_bytes(abstract_stage_state(make_optimizer(g.optim), model_cfg, mesh)[0]
                                .opt_state)
   out = []
-  with jax.set_mesh(mesh):
+  # Trace what the named hardware runs, not XLA:CPU's variants (`decoder.compile_for`).
+  target = "cpu" if str(config.hardware.name).lower().startswith("cpu") else "accelerator"
+  with jax.set_mesh(mesh), decoder.compile_for(target):
     for name in programs:
       out.extend(_plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows,
                                param_bytes, opt_bytes, log))
