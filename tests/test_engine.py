@@ -225,6 +225,47 @@ def test_one_slot_write_is_done_in_place(impl):
               if pool_type in l.split("=", 1)[-1][:60] and (" copy(" in l or "dynamic-update-slice(" in l)]
 
 
+@pytest.mark.parametrize("impl", ["xla", "dense", "pallas"])
+def test_bfloat16_pool_writes_move_bits_without_a_float32_copy(impl):
+  """Every pool write (a token per slot, a prompt, a page copy) on a bfloat16 pool lands the
+  exact bits (signed zeros, subnormals, infinities, NaN included) and compiles without a
+  float32 copy of the pool: XLA:CPU converts a bfloat16 scatter's operand to float32, so the
+  writes scatter the uint16 bit patterns instead."""
+  pages_n, ps, kv, d = 6, 4, 2, 3
+  k_shape, _ = paged.page_layout(impl, pages_n, ps, kv, d)
+  special = np.array([0.0, -0.0, 1e-40, -np.inf, np.inf, np.nan, 1.5, -3.25], np.float32)
+  rng = np.random.default_rng(0)
+  pool = jnp.asarray(rng.choice(special, size=k_shape), jnp.bfloat16)
+  bits = lambda a: np.asarray(jax.lax.bitcast_convert_type(jnp.asarray(a), jnp.uint16))
+  x = jnp.asarray(rng.choice(special, size=(2, kv, d)), jnp.bfloat16)
+  page = jnp.array([0, 1] if impl == "dense" else [4, 2], jnp.int32)  # dense: page s = slot s
+  off = jnp.array([3, 0], jnp.int32)
+  if impl == "dense":
+    k_shape = paged.page_layout(impl, 2, ps, kv, d)[0]
+    pool = pool[:2]
+  want = np.array(bits(pool))
+  for s in range(2):
+    if impl == "pallas":
+      want[:, int(page[s]), int(off[s])] = bits(x[s])
+    else:
+      want[int(page[s]), :, :, int(off[s])] = bits(x[s])
+  fn = jax.jit(lambda p, x: paged.write_token(p, x, page, off, "k", impl), donate_argnums=0)
+  temp = fn.lower(pool, x).compile().memory_analysis().temp_size_in_bytes
+  np.testing.assert_array_equal(bits(fn(jnp.array(pool), x)), want)
+  assert temp < pool.size * 4, temp  # a float32 copy of the pool would be twice its bytes
+  # A prompt into pages, then a page copy.
+  prompt = jnp.asarray(rng.choice(special, size=(1, ps, kv, d)), jnp.bfloat16)
+  dst = 1 if impl == "dense" else 3
+  got = paged.write_prompt(pool, prompt, jnp.array([[dst]], jnp.int32), "k", impl)
+  got = paged.copy_pages(got, jnp.array([dst], jnp.int32), jnp.array([0], jnp.int32), impl)
+  page_of = (lambda a, i: a[:, i]) if impl == "pallas" else (lambda a, i: a[i])
+  pb = bits(prompt[0])  # [ps, kv, d] -> the page's layout
+  pb = pb.transpose(1, 0, 2) if impl == "pallas" else pb.transpose(1, 2, 0)
+  for i in (dst, 0):
+    np.testing.assert_array_equal(page_of(bits(got), i), pb)
+  assert got.dtype == jnp.bfloat16
+
+
 def test_entry_attention_equals_gqa_attention():
   rng = np.random.default_rng(0)
   s, h, kv, d, ps, npages = 3, 4, 2, 8, 4, 10

@@ -112,7 +112,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 def _fused_reductions(rows: int) -> bool:
   """Whether `cached_attention` contracts with elementwise multiply + reduce (XLA:CPU, rows > 1)
   rather than dot products (accelerators, and CPU at batch 1 where the dot is faster)."""
-  return rows > 1 and jax.default_backend() == "cpu"
+  return rows > 1 and decoder.target_platform() == "cpu"
 
 
 def step(dparams, cache, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig):

@@ -25,6 +25,7 @@ length, whether it is still generating, and the output rows of `SampleOutput`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -134,6 +135,30 @@ def page_size_of(pages: jax.Array, impl: str) -> int:
   return pages.shape[2] if impl == "pallas" else pages.shape[3]
 
 
+def _as_bits(x: jax.Array) -> jax.Array:
+  """A 16-bit float array as its uint16 bit patterns (a free bitcast), others unchanged. The
+  pool writes move bits only, and XLA:CPU has no bfloat16 scatter: it converts the operand to
+  float32, scatters and converts back, a float32 copy of the layer's pool per write (4 GiB of
+  an 8B model's 64-row decode chunk, BUILD_NOTES). Integer scatters it does in place."""
+  if jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2:
+    return jax.lax.bitcast_convert_type(x, jnp.uint16)
+  return x
+
+
+def _bitwise(write):
+  """write(pages, x, ...) run on the bit patterns of 16-bit float pools (`_as_bits`)."""
+  @functools.wraps(write)
+  def run(pages, x, *args, **kwargs):
+    dtype = pages.dtype
+    return _from_bits(write(_as_bits(pages), _as_bits(x.astype(dtype)), *args, **kwargs), dtype)
+  return run
+
+
+def _from_bits(x: jax.Array, dtype) -> jax.Array:
+  return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
+
+
+@_bitwise
 def write_prompt(pages, x, page_ids, kind: str, impl: str):
   """Writes x [A, Pb, K, Dh] (prompt keys or values; Pb <= page_ids.shape[1] * page size, the
   rest of the last page written as zeros) into the pages page_ids [A, ceil(Pb / page size)]."""
@@ -152,11 +177,13 @@ def write_prompt(pages, x, page_ids, kind: str, impl: str):
 
 def copy_pages(pages, src, dst, impl: str):
   """Page dst[i] <- page src[i] (dst = num_pages: nothing)."""
+  bits = _as_bits(pages)
   if impl == "pallas":
-    return pages.at[:, dst].set(pages[:, src], mode="drop")
-  return pages.at[dst].set(pages[src], mode="drop")
+    return _from_bits(bits.at[:, dst].set(bits[:, src], mode="drop"), pages.dtype)
+  return _from_bits(bits.at[dst].set(bits[src], mode="drop"), pages.dtype)
 
 
+@_bitwise
 def write_token(pages, x, page, off, kind: str, impl: str):
   """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S]); page = num_pages
   writes nothing."""
