@@ -335,10 +335,8 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   # A TPU v4-8: 4 chips of 32 GiB, 24 GiB of each planned for.
   v4_8 = _hardware("tpu-v4-8", devices=4, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
-    # 128 rows per sampler call: at 256 the rollout engine's pool and programs take 17 GiB
-    # (`launch.plan`).
     c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small,
-              tokens_per_device=4096, rollout_rows=128, lr_scale=2.0)
+              tokens_per_device=4096, rollout_rows=256, lr_scale=2.0)
     c.model.logits_chunk_mib = 64  # 0.62 GB of float32 logits per 1k tokens of its 152k vocab
   # The 7B / 8B presets train LoRA adapters on every projection over a bfloat16 frozen base
   # (about 2 bytes a weight, against 16 for float32 weights + Adam moments), which fits a v4-8;
@@ -349,10 +347,10 @@ def get_config(preset: str = "tiny") -> ConfigDict:
               tokens_per_device=8192, rollout_rows=256, lr_scale=10.0)
     _lora(c.model, rank=16, alpha=32, base_dtype="bfloat16")
   elif preset == "llama3_1_8b_gsm8k":
-    # 64 rows per sampler call: its 8 kv heads make 4x Qwen2.5-7B's KV cache per row, and at
-    # 128 rows the engine's admission peaks at 24.4 GiB (`launch.plan`).
+    # 128 rows per sampler call: its 8 kv heads hold 4x Qwen2.5-7B's KV cache per row, and at
+    # 256 rows the engine's decode chunk peaks at 23.8 of the 24 GiB budget (`launch.plan`).
     c = _real("llama3_1_8b", dict(data=1, fsdp=1, tensor=4), "llama3", v4_8,
-              tokens_per_device=8192, rollout_rows=64, lr_scale=10.0)
+              tokens_per_device=8192, rollout_rows=128, lr_scale=10.0)
     _lora(c.model, rank=32, alpha=64, base_dtype="bfloat16")
   else:
     raise ValueError(f"unknown pipeline preset {preset!r}; available: {', '.join(PIPELINE_PRESETS)}")
