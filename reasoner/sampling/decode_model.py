@@ -40,11 +40,14 @@ def prepare_params(params, cfg: ModelConfig) -> dict:
 def project_logits(params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
   """The decoder's output projection of final hidden states [b, t, D] -> float32 [b, t, V]."""
   dt = jnp.dtype(cfg.dtype)
+  out = decoder.matmul_out_dtype(dt)  # rounded to dt once, as `decoder.unembed`
   if cfg.tie_embeddings:
-    logits = jnp.einsum("btd,vd->btv", hidden, params["embed"].astype(dt))
+    logits = jnp.einsum("btd,vd->btv", hidden, params["embed"].astype(dt),
+                        preferred_element_type=out)
   else:
-    logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt))
-  return logits.astype(jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
+                        preferred_element_type=out)
+  return logits.astype(dt).astype(jnp.float32)
 
 
 def from_stacked(cache, n: int, cache_len: int) -> dict:
