@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from reasoner.losses.common import masked_mean, shift_right
 from reasoner.model import ModelConfig, forward
-from reasoner.model.decoder import flat_matmuls, hidden_states, matmul_out_dtype, unembed
+from reasoner.model.decoder import (flat_matmuls, head_logits, hidden_states, matmul_out_dtype,
+                                    unembed)
 from reasoner.sharding.activations import constrain, current_mesh
 from reasoner.sharding.rules import row_shards
 
@@ -140,11 +141,9 @@ def _unchunk(x: jax.Array, t: int) -> jax.Array:
 
 
 def _head_logits(w: jax.Array, h: jax.Array, tied: bool) -> jax.Array:
-  """`unembed` on the head weights alone ([V, D] tied, else [D, V]): float32 logits of h
-  [b, t, D] (constrained like `next_token_stats`' logits) or of flattened rows [r, D]."""
-  dt = h.dtype
-  logits = jnp.einsum("...d,vd->...v" if tied else "...d,dv->...v", h, w.astype(dt),
-                      preferred_element_type=matmul_out_dtype(dt)).astype(dt).astype(jnp.float32)
+  """`decoder.head_logits` of h [b, t, D] (constrained like `next_token_stats`' logits) or of
+  flattened rows [r, D]."""
+  logits = head_logits(w, h, tied)
   if logits.ndim == 3:
     logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
   return logits

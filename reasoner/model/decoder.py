@@ -230,16 +230,19 @@ def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_a
   return h, extra
 
 
+def head_logits(w: jax.Array, h: jax.Array, tied: bool, dt=None) -> jax.Array:
+  """h [..., D] times the output head's weights w ([V, D] tied, else [D, V]) in `dt` (default
+  h's dtype) -> float32 logits [..., V], rounded to `dt` once (`matmul_out_dtype`)."""
+  dt = h.dtype if dt is None else jnp.dtype(dt)
+  logits = jnp.einsum("...d,vd->...v" if tied else "...d,dv->...v", h, w.astype(dt),
+                      preferred_element_type=matmul_out_dtype(dt))
+  return logits.astype(dt).astype(jnp.float32)
+
+
 def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
   """Final hidden states [..., D] -> float32 logits [..., V] (tied or separate output head)."""
-  dt = h.dtype
-  out = matmul_out_dtype(dt)
-  if cfg.tie_embeddings:
-    logits = jnp.einsum("...d,vd->...v", h, params["embed"].astype(dt), preferred_element_type=out)
-  else:
-    logits = jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(dt),
-                        preferred_element_type=out)
-  return logits.astype(dt).astype(jnp.float32)
+  w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+  return head_logits(w, h, cfg.tie_embeddings)
 
 
 def _embed(params: Params, tokens: jax.Array, cfg: ModelConfig, segment_ids: Optional[jax.Array]):

@@ -39,15 +39,8 @@ def prepare_params(params, cfg: ModelConfig) -> dict:
 
 def project_logits(params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
   """The decoder's output projection of final hidden states [b, t, D] -> float32 [b, t, V]."""
-  dt = jnp.dtype(cfg.dtype)
-  out = decoder.matmul_out_dtype(dt)  # rounded to dt once, as `decoder.unembed`
-  if cfg.tie_embeddings:
-    logits = jnp.einsum("btd,vd->btv", hidden, params["embed"].astype(dt),
-                        preferred_element_type=out)
-  else:
-    logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
-                        preferred_element_type=out)
-  return logits.astype(dt).astype(jnp.float32)
+  w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+  return decoder.head_logits(w, hidden, cfg.tie_embeddings, cfg.dtype)
 
 
 def from_stacked(cache, n: int, cache_len: int) -> dict:
