@@ -146,7 +146,8 @@ def _as_bits(x: jax.Array) -> jax.Array:
 
 
 def _bitwise(write):
-  """write(pages, x, ...) run on the bit patterns of 16-bit float pools (`_as_bits`)."""
+  """write(pages, x, ...) run on the bit patterns of 16-bit float pools (`_as_bits`), x cast to
+  the pool's dtype first (so the write sees both in the same dtype)."""
   @functools.wraps(write)
   def run(pages, x, *args, **kwargs):
     dtype = pages.dtype
@@ -168,7 +169,7 @@ def write_prompt(pages, x, page_ids, kind: str, impl: str):
   if pb > cols * ps:
     raise ValueError(f"{pb} prompt positions do not fit {cols} pages of {ps}")
   x = jnp.pad(x, ((0, 0), (0, cols * ps - pb), (0, 0), (0, 0)))
-  x = x.reshape(a, cols, ps, kv, d).astype(pages.dtype)
+  x = x.reshape(a, cols, ps, kv, d)
   if impl == "pallas":
     return pages.at[:, page_ids].set(x.transpose(3, 0, 1, 2, 4), mode="drop")
   x = x.transpose(0, 1, 3, 4, 2) if kind == "k" else x.transpose(0, 1, 3, 2, 4)
@@ -176,18 +177,17 @@ def write_prompt(pages, x, page_ids, kind: str, impl: str):
 
 
 def copy_pages(pages, src, dst, impl: str):
-  """Page dst[i] <- page src[i] (dst = num_pages: nothing)."""
+  """Page dst[i] <- page src[i] (dst = num_pages: nothing), moving bits (`_as_bits`)."""
   bits = _as_bits(pages)
-  if impl == "pallas":
-    return _from_bits(bits.at[:, dst].set(bits[:, src], mode="drop"), pages.dtype)
-  return _from_bits(bits.at[dst].set(bits[src], mode="drop"), pages.dtype)
+  bits = bits.at[:, dst].set(bits[:, src], mode="drop") if impl == "pallas" else (
+      bits.at[dst].set(bits[src], mode="drop"))
+  return _from_bits(bits, pages.dtype)
 
 
 @_bitwise
 def write_token(pages, x, page, off, kind: str, impl: str):
   """Writes one position per slot: x [S, K, Dh] at (page [S], offset [S]); page = num_pages
   writes nothing."""
-  x = x.astype(pages.dtype)
   if impl == "dense" and x.shape[0] > 1:
     # Page s is slot s's (`page` is s or num_pages): a per-row write, batched over the slots, so
     # a pool split over the batch axes is written where it lives, with no gather of the updates.
