@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -113,3 +114,23 @@ def test_rollout_benchmark_workload_is_long_tailed():
   np.testing.assert_array_equal(lengths, long_tail_lengths(256, 128, 1.0, cap=2048))
   with pytest.raises(AssertionError, match="p99"):  # a light tail is refused
     check_long_tail(long_tail_lengths(256, 128, 0.5, cap=2048), 128)
+
+
+def test_attention_benchmark_checks_every_runnable_impl_against_float32(capsys):
+  from benchmarks import attention as bench
+  rows = bench.main(["--quick", "--lengths=192", "--steps=1"])
+  ran = {r["impl"]: r for r in rows if "skipped" in r or "ms" in r}
+  assert set(ran) == set(bench.IMPLS)
+  for impl in ("dense", "blockwise"):  # run everywhere, bfloat16 against the float32 dense
+    r = ran[impl]
+    assert r["finite"] and r["ms"] > 0 and r["temps"] is not None
+    assert 0 < r["err"] < 3e-2 and 0 < r["grad_err"] < 3e-2  # bfloat16 rounding, not zero
+  skipped = {i for i, r in ran.items() if "skipped" in r}
+  assert skipped == {"cudnn", "splash"} - {jax.default_backend() == "gpu" and "cudnn",
+                                          jax.default_backend() == "tpu" and "splash"}
+  assert "needs" in capsys.readouterr().out  # the reason is printed, not a silent gap
+  # The FLOP count covers each row's real (query, key) pairs only: row 1 is 168 tokens long.
+  seg = bench.inputs(2, 192, 4, 2, 64, jnp.float32)[3]
+  assert bench.causal_flops(2, 192, 4, 64, seg) == 12 * 4 * 64 * (192 * 193 + 168 * 169) / 2
+  with pytest.raises(SystemExit, match="--impls takes"):
+    bench.main(["--impls=flash"])
