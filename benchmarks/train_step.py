@@ -4,7 +4,8 @@ step's rollout / learn split.
   python -m benchmarks.train_step [--quick] [--parts=sft,grpo] [--preset=qwen2_5_0_5b]
       [--layers=2] [--rows=2] [--seq=256] [--dtypes=float32,bfloat16] [--remat=off]
       [--steps=2] [--no_torch] [--torch_threads=1,2] [--torch_device=cpu] [--decode=auto]
-      [--grpo_steps=5] [--grpo_warmup=1] [--grpo_layers=4] [--grpo_new_tokens=128] [--verbose]
+      [--grpo_steps=5] [--grpo_warmup=1] [--grpo_layers=4] [--grpo_new_tokens=128]
+      [--tunix_python=PATH|none] [--verbose]
   # the full 24-layer shape on a GPU, torch on the GPU too:
   python -m benchmarks.train_step --layers=0 --rows=8 --seq=2048 --torch_device=cuda
 
@@ -31,12 +32,20 @@ no dynamic sampling / replay / entropy term. Median seconds per step after the w
 rollout (`time/rollout_s`), learn (`time/learn_s`), and within learn the reference log-prob
 pass (timed around the library's own eval fn) and the rest (the update), with their model
 FLOP rates over the padded rows (`train_flops`; a third of it for the forward-only pass).
+Peer: Tunix's GRPO step on the same shape in the same run (`benchmarks/tunix_grpo.py`, run in a
+subprocess by `--tunix_python`, or by this interpreter if it has Tunix), part by part; the
+speed ratio is Tunix's seconds over ours (> 1: we are faster). Tunix is no dependency of this
+project; without it the issue's quoted figures are printed instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -56,8 +65,10 @@ from reasoner.train import (OptimConfig, init_train_state, make_optimizer, make_
 # Dense bf16 peak FLOP/s by `device_kind` substring (first match wins).
 PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("v6e", 918e12), ("v6 lite", 918e12),
               ("v5p", 459e12), ("v5e", 197e12), ("v5 lite", 197e12), ("v4", 275e12))
-# The issue's figures for the GRPO shape (not measured here).
+# The issue's figures for the GRPO shape (shown when Tunix is not run beside ours).
 QUOTED_GRPO = "competitor 1.64 s/step; ours 1.74 s/step of which 1.24 s learn"
+TUNIX_HINT = ("python -m venv --system-site-packages V && V/bin/pip install google-tunix==0.1.7, "
+              "then --tunix_python=V/bin/python")
 GEMM_ROWS = 256  # rows of the CPU peak's matmul (compute-bound at these widths)
 
 
@@ -307,9 +318,67 @@ def run_grpo_split(args) -> list[str]:
     line = f"{'grpo':<5}{name:<16}{med[key]:>8.3f}{med[key] / med['step']:>7.0%}{rate:>9}"
     print(line)
     lines.append(line)
-  line = f"quoted (issue, not measured here): {QUOTED_GRPO}"
-  print(line, flush=True)
-  return lines + [line]
+  peer = run_tunix(args) if args.tunix_python != "none" else None
+  if isinstance(peer, dict):
+    lines += tunix_rows(peer, med)
+  else:
+    for line in ([peer] if peer else []) + [f"quoted (issue, not measured here): {QUOTED_GRPO}"]:
+      print(line, flush=True)
+      lines.append(line)
+  return lines
+
+
+def tunix_python(flag: str) -> str | None:
+  """The interpreter to run benchmarks/tunix_grpo.py with: --tunix_python, else this one if it
+  has Tunix installed, else None."""
+  if flag:
+    return flag
+  import importlib.util
+  return sys.executable if importlib.util.find_spec("tunix") is not None else None
+
+
+def run_tunix(args) -> dict | str:
+  """Tunix's GRPO step on the same shape, in a subprocess (benchmarks/tunix_grpo.py, often in a
+  virtualenv of its own); its TUNIX_GRPO json, or a line saying why there is none."""
+  python = tunix_python(args.tunix_python)
+  if python is None:
+    return f"tunix: not installed, not run ({TUNIX_HINT})"
+  cmd = [python, "-m", "benchmarks.tunix_grpo", "--json", f"--steps={args.grpo_steps}",
+         f"--warmup={args.grpo_warmup}", f"--layers={args.grpo_layers}",
+         f"--new_tokens={args.grpo_new_tokens}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": jax.default_backend()}
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env,
+                          timeout=args.tunix_timeout)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return f"tunix: {' '.join(cmd)} did not finish: {e}"
+  found = [l for l in proc.stdout.splitlines() if l.startswith("TUNIX_GRPO ")]
+  if proc.returncode or not found:
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return f"tunix: {' '.join(cmd)} exited {proc.returncode}: " + " | ".join(tail)
+  return json.loads(found[-1][len("TUNIX_GRPO "):])
+
+
+def tunix_rows(peer: dict, med: dict) -> list[str]:
+  """Tunix's parts beside ours: seconds per step and ours / theirs as a speed ratio."""
+  head = (f"tunix {peer['tunix_version']} (same run, benchmarks/tunix_grpo.py): "
+          f"{peer['params'] / 1e6:.2f}M params, {peer['rows_per_step']} rows, mean "
+          f"{peer['mean_new_tokens']:.0f} new tokens, prompt width {peer['prompt_width']}; "
+          f"median of {peer['steps']} steps after {peer['warmup']} warm-up")
+  print(head)
+  print(f"{'part':<6}{'phase':<16}{'s/step':>8}{'ours':>8}{'speed ratio':>13}")
+  lines = [head]
+  for name, key, ours in (("rollout", "rollout_s", "rollout"), ("learn", None, "learn"),
+                          ("  ref logprobs", "ref_logprobs_s", "ref"),
+                          ("  update", "update_s", "update"), ("step", "step_s", "step")):
+    theirs = (peer[key] if key else peer["ref_logprobs_s"] + peer["old_logprobs_s"]
+              + peer["update_s"])
+    line = (f"{'tunix':<6}{name:<16}{theirs:>8.3f}{med[ours]:>8.3f}"
+            f"{theirs / med[ours]:>12.2f}x")
+    print(line, flush=True)
+    lines.append(line)
+  return lines
 
 
 def main(argv=None):
@@ -335,6 +404,10 @@ def main(argv=None):
   ap.add_argument("--grpo_warmup", type=int, default=1, help="leading GRPO steps left out")
   ap.add_argument("--grpo_layers", type=int, default=4)
   ap.add_argument("--grpo_new_tokens", type=int, default=128)
+  ap.add_argument("--tunix_python", default="",
+                  help="python with google-tunix installed, to run Tunix's GRPO step beside ours "
+                       "(default: this one if it has Tunix; 'none': skip)")
+  ap.add_argument("--tunix_timeout", type=int, default=900, help="seconds for the Tunix run")
   ap.add_argument("--verbose", action="store_true", help="print every GRPO step's times")
   args = ap.parse_args(argv)
   if args.quick:

@@ -90,6 +90,21 @@ def test_train_step_benchmark_quick_run_prints_every_row():
   # Medians of the 2 timed steps are means, so the parts add up.
   assert grpo["ref logprobs"] + grpo["update"] == pytest.approx(grpo["learn"], abs=2e-3)
   assert any(l.startswith("quoted (issue, not measured here)") for l in lines)
+  # Tunix is no dependency: without it the peer is named as not run, with how to get it.
+  assert any(l.startswith("tunix: not installed, not run (") and "--tunix_python" in l
+             for l in lines), proc.stdout
+
+
+def test_tunix_peer_failure_is_reported_not_raised():
+  import argparse
+  from benchmarks.train_step import run_tunix
+  args = argparse.Namespace(tunix_python=sys.executable, grpo_steps=1, grpo_warmup=0,
+                            grpo_layers=1, grpo_new_tokens=4, tunix_timeout=120)
+  import importlib.util
+  if importlib.util.find_spec("tunix") is not None:
+    pytest.skip("Tunix is installed in this interpreter")
+  got = run_tunix(args)  # this interpreter has no tunix: the peer script cannot import it
+  assert isinstance(got, str) and "exited 1" in got and "tunix" in got.split("exited")[1], got
 
 
 def test_code_reward_benchmark_quick_run_scores_the_mix():
