@@ -1,6 +1,7 @@
 """attention(): the blockwise path against the dense reference, gradients, padding, memory."""
 
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -239,3 +240,116 @@ def test_impl_selection_and_errors():
     attention(q, k, k, seg, seg, impl="cudnn", packed=False)
   with pytest.raises(ValueError, match="splash.*TPU"):
     attention(q, k, k, seg, seg, impl="splash")
+
+
+# ----------------------------------------------------------------------------------------------
+# Which rows may use cuDNN: the losses say whether their rows are one sequence each.
+
+
+def _rows(b=4, t=24, vocab=512):
+  """Rollout-style rows (prompt + completion, right padding; one sequence per row)."""
+  from reasoner.stages.rollouts import rollout_rows
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(3, vocab, 5 + i)) for i in range(b)]
+  completions = [list(rng.integers(3, vocab, 3 + 2 * i)) for i in range(b)]
+  rows = rollout_rows(prompts, completions, t, 0)
+  return {k: jnp.asarray(v) for k, v in rows.items()}
+
+
+def _packed_flags(fn):
+  """The `packed` values the decoder passes to `attention` while `fn` is traced."""
+  from reasoner.model import decoder
+  seen, inner = [], decoder.attention
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("packed", True))
+    return inner(*args, **kwargs)
+  with mock.patch.object(decoder, "attention", spy):
+    jax.eval_shape(fn)
+  return set(seen)
+
+
+def test_losses_declare_one_sequence_rows_and_sft_stays_packed():
+  from reasoner import losses as Ls
+  from reasoner.model import get_config, init_params
+  from reasoner.stages.grpo import logprob_fn
+  from reasoner.tts.prm import step_features
+  cfg = get_config("tiny")
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  rows = _rows()
+  b, t = rows["tokens"].shape
+  zeros = jnp.zeros((b, t), jnp.float32)
+  rng = jax.random.PRNGKey(0)
+  rl = dict(rows, advantages=jnp.ones((b,)), ref_logprobs=zeros, old_logprobs=zeros)
+  pairs = {"chosen": rows, "rejected": rows, "ref_chosen_logps": jnp.zeros((b,)),
+           "ref_rejected_logps": jnp.zeros((b,))}
+  ppo = dict(rows, old_logprobs=zeros, old_values=zeros, advantages=zeros, returns=zeros)
+  ppo_params = {"model": params, "value_head": Ls.init_value_head(cfg.d_model)}
+  ends = jnp.full((b, 2), 4, jnp.int32)
+  one_sequence = {
+      "grpo": lambda: Ls.grpo_loss(params, rl, rng, model_cfg=cfg, config=Ls.GRPOConfig()),
+      "off-policy grpo": lambda: Ls.off_policy_grpo_loss(
+          params, dict(rl, behaviour_logprobs=zeros), rng, model_cfg=cfg,
+          config=Ls.GRPOConfig(), is_clip=2.0),
+      "grpo reference pass": lambda: logprob_fn(cfg)(params, rows),
+      "on-policy distill": lambda: Ls.on_policy_distill_loss(
+          params, dict(rows, teacher_logprobs=zeros), rng, model_cfg=cfg),
+      "dpo": lambda: Ls.dpo_loss(params, pairs, rng, model_cfg=cfg, config=Ls.DPOConfig()),
+      "ppo": lambda: Ls.ppo_loss(ppo_params, ppo, rng, model_cfg=cfg, config=Ls.PPOConfig()),
+      "prm": lambda: step_features(params, rows["tokens"], rows["positions"],
+                                   rows["segment_ids"], ends, ends - 1, cfg),
+  }
+  for name, fn in one_sequence.items():
+    assert _packed_flags(fn) == {False}, name
+  packed = {
+      "sft": lambda: Ls.sft_loss(params, rows, rng, model_cfg=cfg),
+      "dpo + replayed sft rows": lambda: Ls.dpo_loss(
+          params, pairs, rng, model_cfg=cfg, config=Ls.DPOConfig(), replay=rows,
+          replay_weight=0.5),
+  }
+  for name, fn in packed.items():
+    assert _packed_flags(fn) == {True}, name
+
+
+@pytest.fixture
+def pretend_cuda_hopper():
+  """select_impl and JAX's cuDNN front end as on an H100 (for lowering only; nothing runs)."""
+  fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  if not all(hasattr(fa, n) for n in ("check_cudnn_version", "check_compute_capability")):
+    pytest.skip("this JAX's cuDNN attention front end has other hooks")
+  with mock.patch.object(A, "_cuda_capability", lambda: (9, 0)), \
+       mock.patch.object(fa, "check_cudnn_version", lambda: 91000), \
+       mock.patch.object(fa, "check_compute_capability", lambda c: True):
+    yield
+
+
+def _cuda_module_text(fn, *args) -> str:
+  """StableHLO of jit(fn) lowered for CUDA (jax.export), cuDNN's custom calls allowed."""
+  from jax import export
+  checks = [export.DisabledSafetyCheck.custom_call(n)
+            for n in ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")]
+  return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(
+      *args).mlir_module()
+
+
+def test_grpo_step_lowers_to_cudnn_flash_attention_for_cuda(pretend_cuda_hopper):
+  """On a GPU the GRPO loss's forward and backward go through cuDNN's fused attention (lowered
+  for CUDA here on a CPU machine, with JAX's argument checks), and SFT's packed rows do not."""
+  from reasoner import losses as Ls
+  from reasoner.model import decoder, get_config, init_params
+  cfg = get_config("tiny").replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  rows = _rows(t=64)
+  b, t = rows["tokens"].shape
+  rl = dict(rows, advantages=jnp.ones((b,)), ref_logprobs=jnp.zeros((b, t)))
+  rng = jax.random.PRNGKey(0)
+  grpo = lambda p, batch: jax.grad(lambda p: Ls.grpo_loss(
+      p, batch, rng, model_cfg=cfg, config=Ls.GRPOConfig())[0])(p)
+  sft = lambda p, batch: jax.grad(lambda p: Ls.sft_loss(p, batch, rng, model_cfg=cfg)[0])(p)
+  with decoder.compile_for("gpu"):
+    text = _cuda_module_text(grpo, params, rl)
+    fwd = text.count("@__cudnn$fmhaSoftmax(")
+    bwd = text.count("@__cudnn$fmhaSoftmaxBackward(")
+    assert fwd >= 1 and bwd >= 1, (fwd, bwd)
+    assert "PADDING_CAUSAL" in text  # causal, with the rows' lengths as sequence lengths
+    assert "__cudnn" not in _cuda_module_text(sft, params, rows)

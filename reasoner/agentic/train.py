@@ -133,7 +133,8 @@ def make_grpo_step(model_cfg, tokenizer, task, config, optimizer, *, mesh=None,
                      f"minibatches = {g.minibatches}")
   train_step = make_train_step(functools.partial(grpo_loss, model_cfg=model_cfg, config=loss_cfg),
                                optimizer, mesh=mesh, param_shardings=_shardings(model_cfg, mesh))
-  logprob_fn = make_eval_fn(lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0], mesh=mesh)
+  logprob_fn = make_eval_fn(
+      lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False, packed=False)[0], mesh=mesh)
   make_env = make_env_factory(config, task, tokenizer)
 
   def step_fn(state, step, rng):

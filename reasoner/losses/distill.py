@@ -65,7 +65,7 @@ def on_policy_distill_loss(params, batch: Mapping[str, Any], rng: jax.Array, *,
     teacher = batch["teacher_logprobs"]
   else:
     raise KeyError("on-policy distillation needs batch['teacher_logprobs'] or teacher_logprobs_fn")
-  logp, entropy = sequence_logprobs(params, model_cfg, batch)
+  logp, entropy = sequence_logprobs(params, model_cfg, batch, packed=False)
   return on_policy_distill_objective(logp, teacher, batch["loss_mask"],
                                      batch.get("old_logprobs"), entropy)
 

@@ -104,7 +104,8 @@ def response_logps(params, cfg: ModelConfig, batch: Mapping[str, Any],
                        f"{both['tokens'].shape}")
     rows = {k: jnp.concatenate([both[k], jnp.asarray(extra[k]).astype(both[k].dtype)])
             for k in both}
-  logp, _ = sequence_logprobs(params, cfg, rows, entropy=False)
+  # Pairs are one sequence per row; extra rows may be packed SFT rows.
+  logp, _ = sequence_logprobs(params, cfg, rows, entropy=False, packed=extra is not None)
   n = both["tokens"].shape[0]
   mask = both["loss_mask"].astype(jnp.float32)
   seq = jnp.sum(logp[:n] * mask, axis=1)

@@ -181,10 +181,12 @@ def grpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *, model_cfg: Mo
               config: GRPOConfig):
   """batch: tokens / positions / segment_ids / loss_mask [b, t], advantages [b],
   old_logprobs [b, t] (optional: on-policy if absent), ref_logprobs [b, t] (needed when
-  beta > 0; computed by the caller with the frozen reference via `sequence_logprobs`)."""
+  beta > 0; computed by the caller with the frozen reference via `sequence_logprobs`). Each row
+  is one sequence (prompt + completion, padding either side, as `rollout_rows` builds them), so
+  on a GPU the forward may run cuDNN's fused attention (`sequence_stats(packed=False)`)."""
   del rng
   if "advantages" not in batch:
     raise KeyError(f"GRPO batch is missing 'advantages'; it has {sorted(batch)}")
-  logp, entropy = sequence_logprobs(params, model_cfg, batch)
+  logp, entropy = sequence_logprobs(params, model_cfg, batch, packed=False)
   return grpo_objective(logp, batch.get("old_logprobs"), batch.get("ref_logprobs"),
                         batch["advantages"], batch["loss_mask"], config, entropy=entropy)

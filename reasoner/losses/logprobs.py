@@ -268,16 +268,20 @@ def _check_batch(batch: Mapping[str, Any]) -> None:
 
 def sequence_stats(params, cfg: ModelConfig, batch: Mapping[str, Any], *, entropy: bool = False,
                    argmax: bool = False, return_hidden: bool = False,
-                   nll_mask: Optional[jax.Array] = None) -> dict:
+                   nll_mask: Optional[jax.Array] = None, packed: bool = True) -> dict:
   """Forward pass on batch tokens / positions / segment_ids -> `next_token_stats` (plus
   'hidden' [b, t, D] with return_hidden), never holding more than a chunk of logits.
 
   With `nll_mask` (aligned [b, t]) also 'nll' = -masked_mean(logp, nll_mask), SFT's loss: when
   the logits are chunked it comes from `chunked_nll`, whose forward sweep computes the gradient
-  as well, and then only 'nll' carries a gradient (differentiate 'nll', not 'logp')."""
+  as well, and then only 'nll' carries a gradient (differentiate 'nll', not 'logp').
+
+  packed=False: the caller promises one sequence per row (`decoder.hidden_states`); the rows of
+  rollouts, preference pairs and PRM examples are, SFT's packed rows are not."""
   _check_batch(batch)
   seg = batch.get("segment_ids")
-  h = hidden_states(params, batch["tokens"], batch["positions"], cfg, segment_ids=seg)
+  h = hidden_states(params, batch["tokens"], batch["positions"], cfg, segment_ids=seg,
+                    packed=packed)
   fused = None
   if nll_mask is not None and not entropy:
     fused = chunked_nll(params, cfg, h, batch["tokens"], seg, nll_mask, argmax=argmax)
@@ -293,10 +297,10 @@ def sequence_stats(params, cfg: ModelConfig, batch: Mapping[str, Any], *, entrop
 
 
 def sequence_logprobs(params, cfg: ModelConfig, batch: Mapping[str, Any], *,
-                      entropy: bool = True):
+                      entropy: bool = True, packed: bool = True):
   """Forward pass -> (logp [b, t], entropy [b, t] or None without `entropy`), float32 in the
-  shared alignment."""
-  out = sequence_stats(params, cfg, batch, entropy=entropy)
+  shared alignment. `packed` as `sequence_stats`."""
+  out = sequence_stats(params, cfg, batch, entropy=entropy, packed=packed)
   return out["logp"], out.get("entropy")
 
 

@@ -77,7 +77,7 @@ def off_policy_grpo_loss(params, batch: Mapping[str, Any], rng: jax.Array, *,
   if "behaviour_logprobs" in batch and "old_logprobs" not in batch:
     raise KeyError("off-policy GRPO batch has behaviour_logprobs but no old_logprobs (the "
                    "proximal policy's log-probs the importance weights compare them with)")
-  logp, entropy = sequence_logprobs(params, model_cfg, batch)
+  logp, entropy = sequence_logprobs(params, model_cfg, batch, packed=False)
   prox = batch.get("old_logprobs")
   prox = jax.lax.stop_gradient(logp) if prox is None else prox
   return off_policy_grpo_objective(logp, prox, batch.get("behaviour_logprobs", prox),

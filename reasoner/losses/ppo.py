@@ -126,7 +126,8 @@ def ppo_objective(logp: jax.Array, old_logp: jax.Array, values: jax.Array,
 
 def ppo_forward(params: Mapping[str, Any], cfg: ModelConfig, batch: Mapping[str, Any]):
   """params {'model', 'value_head'} -> (logp, entropy, values), each [b, t] float32."""
-  out = sequence_stats(params["model"], cfg, batch, entropy=True, return_hidden=True)
+  out = sequence_stats(params["model"], cfg, batch, entropy=True, return_hidden=True,
+                       packed=False)
   return (out["logp"], out["entropy"],
           apply_value_head(params["value_head"], out["hidden"], batch.get("segment_ids")))
 

@@ -255,14 +255,17 @@ def _embed(params: Params, tokens: jax.Array, cfg: ModelConfig, segment_ids: Opt
 
 
 def hidden_states(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
-                  segment_ids: Optional[jax.Array] = None) -> jax.Array:
+                  segment_ids: Optional[jax.Array] = None, packed: bool = True) -> jax.Array:
   """The training / scoring forward without the output projection: final-normed hidden
   states [b, t, D] in cfg.dtype. Arguments as `forward` (no cache). Attention is
   `reasoner.model.attention.attention` with `cfg.attention` (blockwise for long rows), so
-  neither [t, t] scores nor [b, t, V] logits are materialised here."""
+  neither [t, t] scores nor [b, t, V] logits are materialised here. packed=False is the
+  caller's promise that each row is one sequence (one run of one non-zero segment id, padding
+  either side, as `rollout_rows` builds them), which lets `auto` attention use cuDNN on a GPU."""
   h, segment_ids, inv_freq = _embed(params, tokens, cfg, segment_ids)
   kv_fn = lambda k, v: (k, v, None, None)
-  attend = lambda q, k, v, _: attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention)
+  attend = lambda q, k, v, _: attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention,
+                                        packed=packed)
 
   def body(h, lp):
     fn = lambda h, lp: block(cfg, inv_freq, h, lp, positions, kv_fn, attend)
@@ -278,7 +281,7 @@ def hidden_states(params: Params, tokens: jax.Array, positions: jax.Array, cfg: 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
             segment_ids: Optional[jax.Array] = None, cache: Optional[Cache] = None,
-            return_hidden: bool = False):
+            return_hidden: bool = False, packed: bool = True):
   """Runs the decoder.
 
   Args:
@@ -291,12 +294,13 @@ def forward(params: Params, tokens: jax.Array, positions: jax.Array, cfg: ModelC
     cache: optional KV cache from `init_cache`; the t new tokens are written at slots
       [index, index + t) and attend to every earlier filled slot of their segment.
     return_hidden: also return the final hidden states [b, t, d].
+    packed: without a cache, False promises one sequence per row (`hidden_states`).
 
   Returns:
     (logits [b, t, V] float32, new cache or None[, hidden]).
   """
   if cache is None:
-    h = hidden_states(params, tokens, positions, cfg, segment_ids=segment_ids)
+    h = hidden_states(params, tokens, positions, cfg, segment_ids=segment_ids, packed=packed)
     logits = unembed(params, h, cfg)
     return (logits, None, h) if return_hidden else (logits, None)
 

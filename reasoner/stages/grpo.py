@@ -248,7 +248,7 @@ def update_loss_fn(grpo_cfg, loss_fn, model_cfg):
 
 def logprob_fn(model_cfg):
   """fn(params, batch) -> per-token log-probs [b, t]: the old / reference log-prob pass."""
-  return lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False)[0]
+  return lambda p, b: sequence_logprobs(p, model_cfg, b, entropy=False, packed=False)[0]
 
 
 def recomputes_old_logprobs(grpo_cfg, off_policy: bool = False, has_behaviour: bool = False) -> bool:

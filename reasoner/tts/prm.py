@@ -80,7 +80,8 @@ def step_features(params, tokens: jax.Array, positions: jax.Array, segment_ids: 
   float32: hidden state at the end, mean token log-prob of the step, running min of that mean.
   """
   out = sequence_stats(params, cfg, dict(tokens=tokens, positions=positions,
-                                         segment_ids=segment_ids), return_hidden=True)
+                                         segment_ids=segment_ids), return_hidden=True,
+                       packed=False)
   logp, hidden = out["logp"], out["hidden"]
   total = jnp.cumsum(logp, axis=1)
   take = lambda x, i: jnp.take_along_axis(x, i, axis=1)
