@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from unittest import mock
 import pytest
 
 from reasoner.model import ModelConfig, forward, get_config, init_cache, init_params
@@ -209,3 +210,39 @@ def test_bfloat16_projections_on_cpu_ask_for_float32_results_and_round_once():
     w = np.asarray(lp[name].astype(jnp.bfloat16), np.float64)
     ref = np.tensordot(np.asarray(xin, np.float64), w, axes=1).reshape(y.shape)
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=2 ** -8, atol=1e-6)
+
+
+def test_bfloat16_projection_gradients_on_cpu_are_bfloat16_matmuls_of_the_rounded_cotangent():
+  """The backward of a bfloat16 projection on XLA:CPU runs its matmuls on bfloat16 operands
+  (the cotangent rounded, as on an accelerator) with float32 results, not float32 x float32:
+  for the whole block's gradient, and the gradients match float64 products of the rounded
+  operands."""
+  from reasoner.model import decoder
+  cfg = CFG.replace(dtype="bfloat16")
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  lp = jax.tree.map(lambda a: a[0], params["layers"])
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 9, cfg.d_model)), jnp.bfloat16)
+  for name, flat in (("w_up", True), ("w_up", False), ("wq", False)):
+    with mock.patch.object(decoder, "flat_matmuls", lambda: flat):
+      y, vjp = jax.vjp(lambda x, w: decoder.project(cfg, x, {name: w}, name), x, lp[name])
+      dy = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+      dx, dw = vjp(dy)
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == lp[name].dtype
+    x64 = np.asarray(x, np.float64).reshape(18, -1)
+    w64 = np.asarray(lp[name].astype(jnp.bfloat16), np.float64).reshape(cfg.d_model, -1)
+    g64 = np.asarray(dy, np.float64).reshape(18, -1)
+    np.testing.assert_allclose(np.asarray(dx, np.float64).reshape(18, -1), g64 @ w64.T,
+                               rtol=2 ** -8, atol=1e-3)
+    # dw is float32 (the params'): the product of the bfloat16 operands, rounded to bfloat16.
+    np.testing.assert_allclose(np.asarray(dw, np.float64).reshape(w64.shape), x64.T @ g64,
+                               rtol=2 ** -8, atol=1e-3)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+  loss = lambda p: jax.nn.logsumexp(forward(p, tokens, positions, cfg)[0]).sum()
+  hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+  dots = [line for line in hlo.splitlines() if "dot_general" in line and "->" in line
+          and "batching_dims" not in line]  # attention's batched einsums aside
+  f32_only = [d for d in dots if "bf16>" not in d]
+  # Forward and backward: 7 projections x 3 matmuls and the head's 3 (logits, dh, dw).
+  assert len(dots) == 24 and not f32_only, "\n".join(f32_only)

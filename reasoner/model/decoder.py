@@ -22,6 +22,7 @@ positions and its segment ids say where its tokens really are, so left-padded pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 from typing import Any, Optional
 
@@ -132,17 +133,16 @@ _PROJ = {
 def project(cfg: ModelConfig, x: jax.Array, lp, name: str) -> jax.Array:
   """x times this layer's weight `name`, plus (lora_alpha / lora_rank) x (x a) b when the
   layer params carry an adapter for it (lp["lora"][name] = {"a", "b"}); never merged."""
-  dt = x.dtype
   eq, eq_a, eq_b = _PROJ[name]
-  w = lp[name].astype(dt)
+  w = lp[name]
   if name in _FLAT and flat_matmuls():
     y = _flat_project(x, w)
   else:
-    y = jnp.einsum(eq, x, w, preferred_element_type=matmul_out_dtype(dt)).astype(dt)
+    y = matmul(eq, x, w)
   adapter = lp.get("lora", {}).get(name)
   if adapter is not None:
-    xa = jnp.einsum(eq_a, x, adapter["a"].astype(dt))
-    y = y + (cfg.lora_alpha / cfg.lora_rank) * jnp.einsum(eq_b, xa, adapter["b"].astype(dt))
+    xa = matmul(eq_a, x, adapter["a"])
+    y = y + (cfg.lora_alpha / cfg.lora_rank) * matmul(eq_b, xa, adapter["b"])
   return y
 
 
@@ -194,10 +194,54 @@ def matmul_out_dtype(dt) -> Optional[Any]:
   return None
 
 
+def matmul(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """einsum(eq, x, w) in x's dtype (w cast to it). Where `matmul_out_dtype` asks for float32
+  results (bfloat16 on XLA:CPU) they are rounded to bfloat16 once, and the gradient's matmuls
+  take bfloat16 cotangents the same way (`_rounded_einsum`), as they do on an accelerator;
+  elsewhere it is the plain einsum."""
+  dt = x.dtype
+  w = w.astype(dt)
+  if matmul_out_dtype(dt) is None:
+    return jnp.einsum(eq, x, w)
+  return _rounded_einsum(eq, x, w)
+
+
+def _einsum_transposes(eq: str) -> tuple[str, str]:
+  """The equations of the two gradients of einsum(eq, x, w) -> y: (dy, w -> dx), (x, dy -> dw).
+  Valid when each index of an operand is in the other operand or in the output (a matmul,
+  batched or not; "..." dims summed in dw)."""
+  ins, out = eq.split("->")
+  a, b = ins.split(",")
+  return f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rounded_einsum(eq: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """einsum of same-dtype operands with a float32 result rounded to their dtype once. Plain
+  differentiation would give the backward a float32 cotangent (that of the float32 product)
+  and so float32 x float32 gradient matmuls, 3x slower on XLA:CPU than bfloat16 x bfloat16 ->
+  float32 (BUILD_NOTES "bfloat16 on CPU"); the backward here rounds the cotangent instead."""
+  return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _rounded_einsum_fwd(eq, x, w):
+  return _rounded_einsum(eq, x, w), (x, w)
+
+
+def _rounded_einsum_bwd(eq, res, dy):
+  x, w = res
+  eq_x, eq_w = _einsum_transposes(eq)
+  dy = dy.astype(x.dtype)
+  return (_rounded_einsum(eq_x, dy, w), _rounded_einsum(eq_w, x, dy))
+
+
+_rounded_einsum.defvjp(_rounded_einsum_fwd, _rounded_einsum_bwd)
+
+
 def _flat_project(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [b, t, in] times w [in, out] as one [b * t, in] @ [in, out] matmul."""
-  y = jnp.dot(x.reshape(-1, x.shape[-1]), w, preferred_element_type=matmul_out_dtype(x.dtype))
-  return y.astype(x.dtype).reshape(*x.shape[:-1], w.shape[-1])
+  y = matmul("ri,io->ro", x.reshape(-1, x.shape[-1]), w)
+  return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
 def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_attention):
@@ -233,10 +277,12 @@ def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_a
 def head_logits(w: jax.Array, h: jax.Array, tied: bool, dt=None) -> jax.Array:
   """h [..., D] times the output head's weights w ([V, D] tied, else [D, V]) in `dt` (default
   h's dtype) -> float32 logits [..., V], rounded to `dt` once (`matmul_out_dtype`)."""
+  eq = "...d,vd->...v" if tied else "...d,dv->...v"
   dt = h.dtype if dt is None else jnp.dtype(dt)
-  logits = jnp.einsum("...d,vd->...v" if tied else "...d,dv->...v", h, w.astype(dt),
-                      preferred_element_type=matmul_out_dtype(dt))
-  return logits.astype(dt).astype(jnp.float32)
+  if h.dtype != dt:  # mixed: the einsum promotes
+    logits = jnp.einsum(eq, h, w.astype(dt), preferred_element_type=matmul_out_dtype(dt))
+    return logits.astype(dt).astype(jnp.float32)
+  return matmul(eq, h, w).astype(jnp.float32)
 
 
 def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
