@@ -3,11 +3,13 @@ against a float32 reference (values and q / k / v gradients) and timed forward +
 
   python -m benchmarks.attention [--quick] [--lengths=1024,4096,8192] [--batch=2] [--heads=14]
       [--kv_heads=2] [--head_dim=64] [--dtype=bfloat16] [--steps=5] [--check_max=4096]
-      [--impls=dense,blockwise,cudnn,splash]
+      [--impls=dense,blockwise,cudnn,splash] [--packed]
 
 Inputs: `batch` rows of `length` tokens, row 0 one whole sequence, every other row left-padded
-by length / 8 (the GRPO / prefill shape), `packed=False` so the cudnn path may run; the Qwen2.5-0.5B
-head layout by default (14 query / 2 KV heads of 64). Implementations: `dense` and `blockwise`
+by length / 8 (the GRPO / prefill shape), `packed=False` so the cudnn path may run; with
+--packed, SFT's shape instead: each row packs 3 sequences of lengths 1/2, 1/4 and 1/8 of the row,
+then padding, and the calls say packed=True (cudnn then runs its mask-bias call); the
+Qwen2.5-0.5B head layout by default (14 query / 2 KV heads of 64). Implementations: `dense` and `blockwise`
 everywhere, `cudnn` on an NVIDIA GPU (compute capability >= 8.0, bf16 / fp16), `splash` on a
 TPU; an implementation that cannot run here is listed with the reason.
 
@@ -38,50 +40,57 @@ from reasoner.model import attention as A
 IMPLS = ("dense", "blockwise", "cudnn", "splash")
 
 
-def inputs(batch: int, t: int, h: int, kv: int, d: int, dtype, seed: int = 0):
+def inputs(batch: int, t: int, h: int, kv: int, d: int, dtype, seed: int = 0,
+           packed: bool = False):
   """q [b, t, h, d], k, v [b, t, kv, d] (normal), segment ids [b, t]: row 0 whole, the other
-  rows left-padded by t // 8."""
+  rows left-padded by t // 8; packed: every row segments 1, 2, 3 of t/2, t/4, t/8 tokens, then
+  padding."""
   rng = np.random.default_rng(seed)
   q, k, v = (jnp.asarray(rng.normal(size=(batch, t, n, d)), dtype) for n in (h, kv, kv))
   seg = np.ones((batch, t), np.int32)
-  seg[1:, :t // 8] = 0
+  if packed:
+    seg[:] = 0
+    seg[:, :t // 2], seg[:, t // 2:3 * t // 4], seg[:, 3 * t // 4:7 * t // 8] = 1, 2, 3
+  else:
+    seg[1:, :t // 8] = 0
   return q, k, v, jnp.asarray(seg)
 
 
-def loss_fn(impl: str, seg):
+def loss_fn(impl: str, seg, packed: bool = False):
   """A scalar of the output's non-padding rows with fixed weights, so every row and head has a
   gradient (the forward + backward timed and checked)."""
   keep = (seg != 0).astype(jnp.float32)[:, :, None, None]
 
   def loss(q, k, v):
-    out = A.attention(q, k, v, seg, seg, impl=impl, packed=False).astype(jnp.float32)
+    out = A.attention(q, k, v, seg, seg, impl=impl, packed=packed).astype(jnp.float32)
     w = jnp.cos(jnp.arange(out.shape[-1], dtype=jnp.float32))
     return (out * w * keep).sum(), out
   return loss
 
 
-def fwd_bwd(impl: str, seg):
+def fwd_bwd(impl: str, seg, packed: bool = False):
   """jit(q, k, v -> (output, (dq, dk, dv)))."""
-  grad = jax.value_and_grad(loss_fn(impl, seg), argnums=(0, 1, 2), has_aux=True)
+  grad = jax.value_and_grad(loss_fn(impl, seg, packed), argnums=(0, 1, 2), has_aux=True)
   return jax.jit(lambda q, k, v: (lambda r: (r[0][1], r[1]))(grad(q, k, v)))
 
 
-def why_not(impl: str, q, k) -> str | None:
+def why_not(impl: str, q, k, packed: bool = False) -> str | None:
   """None when `impl` can run these shapes here, else the reason."""
   if impl in ("dense", "blockwise"):
     return None
   try:
-    A.select_impl(q, k, impl=impl, packed=False)
+    A.select_impl(q, k, impl=impl, packed=packed)
   except ValueError as e:
     return str(e)
   return None
 
 
 def causal_flops(batch: int, t: int, h: int, d: int, seg) -> float:
-  """Forward + backward FLOPs over the real (query, key) pairs: each row's run of n tokens has
-  n (n + 1) / 2 of them; 4 h d FLOPs each forward (scores, weighted values), 3x with the
-  backward."""
-  n = np.asarray(seg != 0).sum(axis=1).astype(np.float64)
+  """Forward + backward FLOPs over the real (query, key) pairs: each sequence (a run of one
+  non-zero segment id) of n tokens has n (n + 1) / 2 of them; 4 h d FLOPs each forward
+  (scores, weighted values), 3x with the backward."""
+  seg = np.asarray(seg)
+  n = np.array([(row == s).sum() for row in seg for s in np.unique(row[row != 0])], np.float64)
   return float(3 * 4 * h * d * (n * (n + 1) / 2).sum())
 
 
@@ -117,19 +126,20 @@ def timed(fn, args, steps: int) -> float:
 
 def run_length(args, t: int, impls: list[str]) -> list[dict]:
   dtype = jnp.dtype(args.dtype)
-  q, k, v, seg = inputs(args.batch, t, args.heads, args.kv_heads, args.head_dim, dtype)
+  q, k, v, seg = inputs(args.batch, t, args.heads, args.kv_heads, args.head_dim, dtype,
+                        packed=args.packed)
   ref = None
   if t <= args.check_max:
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    ref = jax.block_until_ready(fwd_bwd("dense", seg)(*f32))
+    ref = jax.block_until_ready(fwd_bwd("dense", seg, args.packed)(*f32))
   flops = causal_flops(args.batch, t, args.heads, args.head_dim, seg)
   rows = []
   for impl in impls:
-    reason = why_not(impl, q, k)
+    reason = why_not(impl, q, k, args.packed)
     if reason is not None:
       rows.append({"impl": impl, "t": t, "skipped": reason})
       continue
-    fn = fwd_bwd(impl, seg)
+    fn = fwd_bwd(impl, seg, args.packed)
     out, grads = jax.block_until_ready(fn(q, k, v))
     finite = all(bool(jnp.isfinite(x.astype(jnp.float32)).all()) for x in (out, *grads))
     err = errors(out, grads, *ref, seg) if ref is not None else (None, None)
@@ -157,6 +167,8 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--check_max", type=int, default=4096,
                   help="longest length checked against the float32 dense reference")
   ap.add_argument("--impls", default=",".join(IMPLS))
+  ap.add_argument("--packed", action="store_true",
+                  help="packed rows (3 sequences each, packed=True): SFT's shape")
   args = ap.parse_args(argv)
   if args.quick:
     args.lengths, args.heads, args.kv_heads, args.steps = "128,256", 4, 2, 2
@@ -164,8 +176,10 @@ def main(argv=None) -> list[dict]:
   if set(impls) - set(IMPLS):
     raise SystemExit(f"--impls takes {','.join(IMPLS)}; got {args.impls}")
   dev = jax.devices()[0]
+  rows_note = ("packed rows: 3 sequences of t/2, t/4, t/8" if args.packed
+               else "rows 1.. left-padded by t/8")
   print(f"jax {jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '?')}); "
-        f"{args.batch} rows (rows 1.. left-padded by t/8), {args.heads}/{args.kv_heads} heads of "
+        f"{args.batch} rows ({rows_note}), {args.heads}/{args.kv_heads} heads of "
         f"{args.head_dim}, {args.dtype}, forward + backward, median of {args.steps}")
   print(f"{'impl':<11}{'t':>6}{'ms':>10}{'TFLOP/s':>9}{'temps MiB':>11}{'max err':>10}"
         f"{'grad err':>10}{'vs dense':>9}")

@@ -7,7 +7,8 @@
 #   device tool: run(command="bash benchmarks/device_check.sh", timeout_s=560)
 # Parts (record their figures in BUILD_NOTES.md):
 #   1. attention: dense / blockwise / cudnn (GPU) / splash (TPU) checked against a float32
-#      reference and timed forward + backward at 1k, 4k, 8k tokens (benchmarks/attention.py)
+#      reference and timed forward + backward at 1k, 4k, 8k tokens (benchmarks/attention.py);
+#      then packed rows (SFT's; cudnn through its mask bias) at 1k and 4k
 #   2. SFT train step on the whole Qwen2.5-0.5B shape, 8 x 2048 tokens, bfloat16: tok/s and MFU
 #      against the chip's dense bf16 peak, transformers on the same GPU; then the batch-1
 #      bfloat16 decode's fraction of the HBM roofline (benchmarks/train_step.py)
@@ -38,11 +39,13 @@ part() {  # part NAME SECONDS ARGS...: run one benchmark with a limit, log to $o
 
 if [ -n "${QUICK:-}" ]; then  # QUICK=1: the same parts at smoke sizes, e.g. to try it on a CPU
   part attention 120 benchmarks.attention --quick
+  part attention_packed 90 benchmarks.attention --quick --packed
   part train_step 240 benchmarks.train_step --quick --parts=sft --dtypes=bfloat16 --decode=on \
     --torch_threads=1
   part sampler 150 benchmarks.sampler --quick --dtype=bfloat16 --engine=paged --torch_threads=1
 else
   part attention 120 benchmarks.attention --lengths=1024,4096,8192 --batch=2 --steps=5
+  part attention_packed 90 benchmarks.attention --packed --lengths=1024,4096 --batch=2 --steps=5
   part train_step 240 benchmarks.train_step --parts=sft --layers=0 --rows=8 --seq=2048 \
     --dtypes=bfloat16 --steps=3 --torch_device=cuda --torch_threads=1
   part sampler 150 benchmarks.sampler --presets=qwen2_5_0_5b --batches=1,64 --dtype=bfloat16 \

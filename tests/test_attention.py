@@ -326,8 +326,9 @@ def pretend_cuda_hopper():
 def _cuda_module_text(fn, *args) -> str:
   """StableHLO of jit(fn) lowered for CUDA (jax.export), cuDNN's custom calls allowed."""
   from jax import export
-  checks = [export.DisabledSafetyCheck.custom_call(n)
-            for n in ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")]
+  checks = [export.DisabledSafetyCheck.custom_call(n + suffix)
+            for n in ("__cudnn$fmhaSoftmax", "__cudnn$fmhaScaleBiasSoftmax")
+            for suffix in ("", "Backward")]
   return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(
       *args).mlir_module()
 
@@ -353,3 +354,46 @@ def test_grpo_step_lowers_to_cudnn_flash_attention_for_cuda(pretend_cuda_hopper)
     assert fwd >= 1 and bwd >= 1, (fwd, bwd)
     assert "PADDING_CAUSAL" in text  # causal, with the rows' lengths as sequence lengths
     assert "__cudnn" not in _cuda_module_text(sft, params, rows)
+
+
+def test_packed_rows_through_the_masked_cudnn_call_match_dense():
+  """The explicit cudnn path's packed-row call (segment mask as a bias, causal), run through
+  XLA on CPU: equal to the dense reference in values and gradients, padding rows 0."""
+  q, k, v = make_inputs(3, 40, 40, 4, 2, 8)
+  seg = jnp.asarray(np.stack([packed_row(40), np.r_[np.zeros(7), np.ones(33)], np.zeros(40)]),
+                    jnp.int32)
+  keep = np.asarray(seg != 0)
+  fn = lambda q, k, v: A._masked_self_attention(q, k, v, seg, seg, implementation="xla")
+  dense = lambda q, k, v: attention(q, k, v, seg, seg, impl="dense")
+  out = jax.jit(fn)(q, k, v)
+  np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(dense(q, k, v))[keep], atol=1e-5)
+  assert not np.asarray(out)[~keep].any()
+  g_got = jax.jit(jax.grad(weighted_loss(fn, seg), (0, 1, 2)))(q, k, v)
+  g_want = jax.jit(jax.grad(weighted_loss(dense, seg), (0, 1, 2)))(q, k, v)
+  for a, b in zip(g_got, g_want):
+    assert np.isfinite(np.asarray(a)).all()
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_explicit_cudnn_takes_packed_rows_and_auto_does_not(pretend_cuda_hopper):
+  """With cfg.attention="cudnn" SFT's packed rows lower to cuDNN's biased fused attention
+  (forward and backward) for CUDA; with "auto" they stay on the blockwise path, and a
+  single-sequence row takes the lengths call, not the bias."""
+  from reasoner import losses as Ls
+  from reasoner.model import decoder, get_config, init_params
+  q = jax.ShapeDtypeStruct((2, 1024, 4, 64), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((2, 1024, 2, 64), jnp.bfloat16)
+  assert A.select_impl(q, k, impl="cudnn", packed=True) == "cudnn"
+  assert A.select_impl(q, k, packed=True) == "blockwise"
+  assert A.select_impl(q, k, packed=False) == "cudnn"
+  cfg = get_config("tiny").replace(dtype="bfloat16", param_dtype="bfloat16", attention="cudnn")
+  params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  rows = _rows(t=64)
+  rows["segment_ids"] = jnp.asarray(np.tile(packed_row(64), (4, 1)), jnp.int32)
+  rng = jax.random.PRNGKey(0)
+  sft = lambda p, batch: jax.grad(lambda p: Ls.sft_loss(p, batch, rng, model_cfg=cfg)[0])(p)
+  with decoder.compile_for("gpu"):
+    text = _cuda_module_text(sft, params, rows)
+  assert "@__cudnn$fmhaScaleBiasSoftmax(" in text
+  assert "@__cudnn$fmhaScaleBiasSoftmaxBackward(" in text
+  assert "@__cudnn$fmhaSoftmax(" not in text

@@ -147,5 +147,11 @@ def test_attention_benchmark_checks_every_runnable_impl_against_float32(capsys):
   # The FLOP count covers each row's real (query, key) pairs only: row 1 is 168 tokens long.
   seg = bench.inputs(2, 192, 4, 2, 64, jnp.float32)[3]
   assert bench.causal_flops(2, 192, 4, 64, seg) == 12 * 4 * 64 * (192 * 193 + 168 * 169) / 2
+  seg = bench.inputs(2, 192, 4, 2, 64, jnp.float32, packed=True)[3]  # 96, 48, 24 per row
+  assert bench.causal_flops(2, 192, 4, 64, seg) == 2 * 12 * 4 * 64 * (
+      96 * 97 + 48 * 49 + 24 * 25) / 2
+  packed = bench.main(["--quick", "--lengths=192", "--steps=1", "--packed"])
+  for r in (r for r in packed if r["impl"] in ("dense", "blockwise")):
+    assert r["finite"] and 0 < r["err"] < 3e-2 and 0 < r["grad_err"] < 3e-2
   with pytest.raises(SystemExit, match="--impls takes"):
     bench.main(["--impls=flash"])

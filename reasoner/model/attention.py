@@ -13,8 +13,11 @@ Implementations:
              logsumexp per query and recomputes probabilities block by block, so forward and
              backward memory is O(t * d) plus one [b, kv, g, block_q, block_kv] tile. Key blocks
              entirely above the causal diagonal are skipped (loop bounds), not just masked.
-  cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPU only); it cannot
-             express packed segments, so it needs `packed=False` (see `attention`).
+  cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPU only). Rows of
+             one sequence (`packed=False`) pass their lengths, which cuDNN masks itself;
+             `auto` picks it for those only. Asked for explicitly, packed rows run too, with
+             their segment mask as a [b, 1, t, s] additive bias (t * s memory per row, twice
+             with its gradient's buffer: for rows of a few thousand tokens).
   splash     the Pallas TPU splash-attention kernel (TPU only; self-attention, t % 128 == 0).
 
 Padding rows (a query with no visible key, e.g. q_seg == 0): `dense` returns the mean of v
@@ -69,16 +72,18 @@ def _cuda_capability() -> Optional[tuple]:
     return None
 
 
-def _cudnn_problem(q, k, q_offset, packed: bool) -> Optional[str]:
-  """Why the cudnn path cannot run these arguments (None when it can)."""
+def _cudnn_problem(q, k, q_offset, packed: bool, explicit: bool = False) -> Optional[str]:
+  """Why the cudnn path cannot run these arguments (None when it can); `explicit`: asked for by
+  name (then packed rows are allowed, through the mask bias)."""
   t, d = q.shape[1], q.shape[3]
   capability = _cuda_capability()
   if capability is None:
     return f"needs an NVIDIA GPU (CUDA) backend, not {jax.default_backend()!r}"
   if capability < (8, 0):
     return f"needs compute capability >= 8.0, got {capability}"
-  if packed:
-    return "cannot express packed segments; pass packed=False if each row is one sequence"
+  if packed and not explicit:
+    return ("takes packed segments only when asked for (impl='cudnn': a [b, 1, t, s] mask "
+            "bias); auto uses it for packed=False rows")
   if _static_int(q_offset) != 0:
     return "needs a static q_offset == 0"
   if k.shape[1] != t:
@@ -109,12 +114,13 @@ def select_impl(q, k, *, q_offset=0, impl: str = "auto", packed: bool = True) ->
   """The implementation `attention` runs for these (static) shapes and options.
 
   auto: splash on TPU when eligible, cudnn on an NVIDIA GPU when eligible (needs packed=False),
-  else blockwise when t * s >= BLOCKWISE_MIN_PAIRS, else dense. Explicit choices are validated.
+  else blockwise when t * s >= BLOCKWISE_MIN_PAIRS, else dense. Explicit choices are validated
+  (an explicit cudnn also takes packed rows).
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown attention impl {impl!r}; valid: {', '.join(IMPLS)}")
   if impl == "cudnn":
-    problem = _cudnn_problem(q, k, q_offset, packed)
+    problem = _cudnn_problem(q, k, q_offset, packed, explicit=True)
     if problem:
       raise ValueError(f"attention impl 'cudnn' {problem}")
   if impl == "splash":
@@ -145,7 +151,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
   packed=False is the caller's promise that each row is a single sequence: t == s, the two
   segment-id arrays are the same, and each row's non-zero ids are one contiguous run of a
   single id (left and/or right padding). Only the cudnn path uses it; it rotates every row so
-  its run starts at slot 0 and passes the run lengths as cudnn sequence lengths.
+  its run starts at slot 0 and passes the run lengths as cudnn sequence lengths (packed rows
+  take cudnn only when impl="cudnn" names it, through a mask bias).
   block_q / block_kv: tile sizes of the blockwise path (clipped to t / s).
   """
   h = q.shape[2]
@@ -157,6 +164,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
   if chosen == "blockwise":
     return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=q_offset,
                                block_q=block_q, block_kv=block_kv)
+  if chosen == "cudnn" and packed:
+    return _masked_self_attention(q, k, v, q_segment_ids, kv_segment_ids, implementation="cudnn")
   if chosen == "cudnn":
     return _rotated_single_sequence(q, k, v, q_segment_ids, implementation="cudnn")
   return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids)
@@ -354,6 +363,19 @@ def _rotated_single_sequence(q, k, v, segment_ids, *, implementation: str = "cud
       key_value_seq_lengths=lengths, implementation=implementation)
   out = roll(out, -lead)
   return jnp.where(valid[:, :, None, None], out, 0).astype(q.dtype)
+
+
+def _masked_self_attention(q, k, v, q_segment_ids, kv_segment_ids, *,
+                           implementation: str = "cudnn"):
+  """Self-attention (t == s, q_offset 0) of packed rows through `jax.nn.dot_product_attention`:
+  causal, with the segment rule as a boolean [b, 1, t, s] mask (JAX turns it into an additive
+  bias of a large negative number, so a padding query's row stays finite). Padding queries
+  return 0 (no gradient). `implementation` is "cudnn" in `attention`; tests run "xla" on CPU."""
+  q_seg, kv_seg = q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
+  mask = (q_seg[:, None, :, None] == kv_seg[:, None, None, :]) & (kv_seg[:, None, None, :] != 0)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                     implementation=implementation)
+  return jnp.where((q_seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
 
 def _splash_block(t: int) -> int:

@@ -38,7 +38,9 @@ class ModelConfig:
   remat: bool = False  # rematerialise each layer in the backward pass
   init_std: float = 0.02
   # Training / prefill attention (reasoner.model.attention): auto | dense | blockwise | cudnn |
-  # splash. "auto" picks the memory-efficient kernel of the backend for long rows.
+  # splash. "auto" picks the memory-efficient kernel of the backend for long rows (cuDNN on a
+  # GPU for rows of one sequence); "cudnn" also runs packed rows (SFT's) through cuDNN, with
+  # their segment mask as a [b, 1, t, t] bias.
   attention: str = "auto"
   # Output-layer memory (reasoner.losses.logprobs): when a device's float32 [rows, seq, vocab]
   # logits would exceed this many MiB, log-probs / entropies are computed over sequence chunks
