@@ -22,8 +22,8 @@ positions and its segment ids say where its tokens really are, so left-padded pr
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 from typing import Any, Optional
 
 import jax
