@@ -143,10 +143,10 @@ def run_length(args, t: int, impls: list[str]) -> list[dict]:
     out, grads = jax.block_until_ready(fn(q, k, v))
     finite = all(bool(jnp.isfinite(x.astype(jnp.float32)).all()) for x in (out, *grads))
     err = errors(out, grads, *ref, seg) if ref is not None else (None, None)
-    rows.append({"impl": impl, "t": t, "ms": 1e3 * timed(fn, (q, k, v), args.steps),
-                 "tflops": None, "temps": temps_mib(fn, q, k, v), "err": err[0],
-                 "grad_err": err[1], "finite": finite})
-    rows[-1]["tflops"] = flops / rows[-1]["ms"] * 1e3 / 1e12
+    seconds = timed(fn, (q, k, v), args.steps)
+    rows.append({"impl": impl, "t": t, "ms": 1e3 * seconds, "tflops": flops / seconds / 1e12,
+                 "temps": temps_mib(fn, q, k, v), "err": err[0], "grad_err": err[1],
+                 "finite": finite})
   return rows
 
 

@@ -143,10 +143,12 @@ def main(argv=None):
   # ---- timers: wrap the instance's methods; each records (name, seconds) into `log` ----
   log, info = [], {"rows": [], "updates": [], "new_tokens": []}
 
-  def timed(obj, name, key, after=None):
+  def timed(obj, name, key, after=None, before=None):
     inner = getattr(obj, name)
 
     def run(*a, **kw):
+      if before is not None:
+        before()
       t0 = time.perf_counter()
       out = jax.block_until_ready(inner(*a, **kw))
       if after is not None:
@@ -155,7 +157,7 @@ def main(argv=None):
       return out
     setattr(obj, name, run)
 
-  def gen_before(*a, **kw):  # a fresh sampling key per step
+  def gen_before():  # a fresh sampling key per step
     rollout_cfg.seed = jax.random.PRNGKey(1000 + cluster.global_steps)
 
   def gen_after(a, kw, out):
@@ -167,9 +169,7 @@ def main(argv=None):
     info["updates"].append(cluster.actor_trainer.train_steps)
     info.setdefault("update_rows", []).append(sum(x.prompt_ids.shape[0] for x in a[0]))
 
-  gen_inner = cluster.generate
-  cluster.generate = lambda *a, **kw: (gen_before(), gen_inner(*a, **kw))[1]
-  timed(cluster, "generate", "rollout", gen_after)
+  timed(cluster, "generate", "rollout", gen_after, gen_before)
   timed(cluster, "get_ref_per_token_logps", "ref")
   timed(cluster, "get_old_per_token_logps", "old")
   timed(learner, "_compute_rewards", "reward")

@@ -277,12 +277,8 @@ def block(cfg: ModelConfig, inv_freq, h, lp, positions, kv_fn, attention=L.gqa_a
 def head_logits(w: jax.Array, h: jax.Array, tied: bool, dt=None) -> jax.Array:
   """h [..., D] times the output head's weights w ([V, D] tied, else [D, V]) in `dt` (default
   h's dtype) -> float32 logits [..., V], rounded to `dt` once (`matmul_out_dtype`)."""
-  eq = "...d,vd->...v" if tied else "...d,dv->...v"
-  dt = h.dtype if dt is None else jnp.dtype(dt)
-  if h.dtype != dt:  # mixed: the einsum promotes
-    logits = jnp.einsum(eq, h, w.astype(dt), preferred_element_type=matmul_out_dtype(dt))
-    return logits.astype(dt).astype(jnp.float32)
-  return matmul(eq, h, w).astype(jnp.float32)
+  h = h if dt is None else h.astype(dt)
+  return matmul("...d,vd->...v" if tied else "...d,dv->...v", h, w).astype(jnp.float32)
 
 
 def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
