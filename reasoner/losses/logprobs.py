@@ -24,8 +24,7 @@ import jax.numpy as jnp
 
 from reasoner.losses.common import masked_mean, shift_right
 from reasoner.model import ModelConfig, forward
-from reasoner.model.decoder import (flat_matmuls, head_logits, hidden_states, matmul_out_dtype,
-                                    unembed)
+from reasoner.model.decoder import flat_matmuls, head_logits, hidden_states, matmul, unembed
 from reasoner.sharding.activations import constrain, current_mesh
 from reasoner.sharding.rules import row_shards
 
@@ -191,8 +190,7 @@ def _fused_nll_fwd(h, w, targets, weights, tied, chunk, argmax):
     dlogits = (wc[..., None] * jnp.where(hit, probs - 1.0, probs)).astype(hc.dtype)
     if not flat:
       dlogits = constrain(dlogits, ("act_batch", "act_seq", "act_vocab"))
-    dh = jnp.einsum(f"{lead}v,vd->{lead}d" if tied else f"{lead}v,dv->{lead}d", dlogits, wd,
-                    preferred_element_type=matmul_out_dtype(wd.dtype)).astype(wd.dtype)
+    dh = matmul(f"{lead}v,vd->{lead}d" if tied else f"{lead}v,dv->{lead}d", dlogits, wd)
     if want_dw:
       dw = dw + jnp.einsum(f"{lead}v,{lead}d->vd" if tied else f"{lead}v,{lead}d->dv", dlogits,
                            hc, preferred_element_type=jnp.float32)
