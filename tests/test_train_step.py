@@ -234,6 +234,82 @@ def test_micro_batched_step_equals_the_whole_batch(on_mesh):
     assert max_diff(out[name][0], out["whole"][0]) < 1e-5
 
 
+def _one_step(loss, batch, on_mesh=False, seed=0, **kw):
+  """(params after one SGD(0.5) step, metrics) of `loss` on `batch`, on one device or a 2x2x2 mesh."""
+  import optax
+  opt = optax.sgd(0.5)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2) if on_mesh else None
+  shard = sharding.param_shardings(CFG, mesh) if on_mesh else None
+  p = params(seed)
+  if on_mesh:
+    p = sharding.shard_params(p, CFG, mesh)
+  state = init_train_state(p, opt, mesh=mesh, param_shardings=shard)
+  step = make_train_step(loss, opt, mesh=mesh, param_shardings=shard, **kw)
+  state, metrics = step(state, batch, RNG)
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_micro_batches_with_unequal_loss_tokens_equal_the_whole_batch(on_mesh):
+  """Rows with different loss-token counts (packed SFT rows never hold equal counts): each
+  micro-batch weighs by its loss tokens, so the update, the loss, the token-mean accuracy and the
+  token count are the whole batch's."""
+  batch = make_batch(16, seed=5)
+  counts = batch["loss_mask"].sum(axis=1)
+  assert len(set(counts.tolist())) > 2
+  whole_p, whole_m = _one_step(SFT, batch, on_mesh)
+  assert "loss_weight" not in whole_m
+  assert float(whole_m["n_tokens"]) == counts.sum()
+  for kw in (dict(micro_batches=4), dict(tokens_per_device=32)):
+    p, m = _one_step(SFT, batch, on_mesh, **kw)
+    assert set(m) == set(whole_m)
+    assert float(m["n_tokens"]) == counts.sum()  # a count: summed, not averaged
+    for key in ("loss", "accuracy"):
+      assert float(m[key]) == pytest.approx(float(whole_m[key]), rel=1e-5), key
+    assert max_diff(p, whole_p) < 1e-5
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "constant"])
+def test_micro_batched_grpo_equals_the_whole_batch_for_every_aggregation(loss_agg):
+  """GRPO's three aggregations are means over tokens, over sequences with tokens, over rows: the
+  loss reports which, and micro-batches weighted by it reproduce the whole batch (one row has
+  no loss tokens, so the sequence counts differ between micro-batches too)."""
+  batch = dict(make_batch(8, seed=6))
+  batch["loss_mask"] = batch["loss_mask"].copy()
+  batch["loss_mask"][2] = 0
+  batch["advantages"] = np.random.default_rng(1).normal(size=8).astype(np.float32)
+  loss = functools.partial(grpo_loss, model_cfg=CFG, config=GRPOConfig(
+      beta=0.0, loss_agg=loss_agg, constant_norm=12.0 if loss_agg == "constant" else None))
+  whole_p, whole_m = _one_step(loss, batch)
+  p, m = _one_step(loss, batch, micro_batches=4)
+  assert float(m["loss"]) == pytest.approx(float(whole_m["loss"]), rel=1e-5, abs=1e-7)
+  assert float(m["n_tokens"]) == float(whole_m["n_tokens"])
+  assert max_diff(p, whole_p) < 1e-5
+
+
+def test_micro_batches_split_every_row_group():
+  """A batch of row groups of different sizes (GRPO's rows and its SFT replay rows): the count
+  divides each group's rows on every device and keeps all their tokens within the budget."""
+  from reasoner.stages.grpo import with_replay
+  from reasoner.train import micro_batches_of
+  batch = {**make_batch(12, seed=1), "replay": make_batch(16, seed=2)}  # 28 rows x 16 tokens
+  assert micro_batches_of(batch, 0) == 1
+  assert micro_batches_of(batch, 28 * 16) == 1
+  assert micro_batches_of(batch, 14 * 16) == 2
+  assert micro_batches_of(batch, 8 * 16) == 4  # gcd(12, 16) = 4: 3 + 4 rows at a time
+  assert micro_batches_of(batch, 1) == 4  # the most it can split
+  mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)
+  # 12 rows split over data only (6 a device), 16 over data x fsdp (2 a device): m divides 2.
+  assert micro_batches_of(batch, 1, mesh) == 2
+  with pytest.raises(ValueError, match="scalar"):
+    micro_batches_of({**make_batch(4), "scale": np.float32(1.0)}, 16)
+  loss = with_replay(SFT, 0.5, CFG)
+  _, whole = _one_step(loss, batch)
+  _, m = _one_step(loss, batch, tokens_per_device=8 * 16)
+  assert float(m["n_tokens"]) == float(whole["n_tokens"])
+  assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["replay_loss"]))
+
+
 def test_batch_tokens_counts_every_tokens_leaf():
   from reasoner.train.step import batch_tokens
   pair = {"chosen": make_batch(4), "rejected": make_batch(4), "ref": np.zeros(4)}

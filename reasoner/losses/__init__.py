@@ -4,7 +4,7 @@ Each has a model-free core over per-token log-probs (`*_objective`) that the tes
 against NumPy, and a wrapper that runs the decoder.
 """
 
-from reasoner.losses.common import masked_mean, masked_sum
+from reasoner.losses.common import LOSS_WEIGHT, masked_mean, masked_sum
 from reasoner.losses.distill import (full_reverse_kl, full_reverse_kl_loss,
                                      on_policy_distill_loss, on_policy_distill_objective)
 from reasoner.losses.dpo import DPOConfig, dpo_loss, dpo_objective, response_logps

@@ -9,6 +9,13 @@ import jax
 import jax.numpy as jnp
 
 
+# The metric a loss may report for micro-batching: how many units its value is a mean over (the
+# loss tokens of a token mean, the sequences of a per-sequence mean). The train step weights each
+# micro-batch's gradient and metrics by it, so a micro-batched update equals the whole batch's
+# for any split of the tokens (`reasoner.train.step`); without it micro-batches weigh the same.
+LOSS_WEIGHT = "loss_weight"
+
+
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   """sum(x * mask) over `axis` (all axes by default)."""
   return jnp.sum(x * mask, axis=axis)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from reasoner.losses.common import masked_mean, shift_right
+from reasoner.losses.common import LOSS_WEIGHT, masked_mean, shift_right
 from reasoner.losses.logprobs import continues_segment, model_logits, sequence_logprobs
 from reasoner.model import ModelConfig
 
@@ -46,6 +46,7 @@ def on_policy_distill_objective(logp: jax.Array, teacher_logp: jax.Array, mask: 
       "teacher_logp": masked_mean(teacher_logp, mask),
       "student_logp": masked_mean(logp, mask),
       "n_tokens": jnp.sum(mask),
+      LOSS_WEIGHT: jnp.sum(mask),
   }
   if entropy is not None:
     metrics["entropy"] = masked_mean(entropy, mask)
@@ -94,4 +95,5 @@ def full_reverse_kl_loss(params, batch: Mapping[str, Any], rng: jax.Array, *,
   mask = batch["loss_mask"].astype(jnp.float32)
   loss = masked_mean(kl, mask)
   value = jax.lax.stop_gradient(loss)
-  return loss, {"loss": value, "reverse_kl": value, "n_tokens": jnp.sum(mask)}
+  return loss, {"loss": value, "reverse_kl": value, "n_tokens": jnp.sum(mask),
+                LOSS_WEIGHT: jnp.sum(mask)}

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from reasoner.losses.common import config_from
+from reasoner.losses.common import LOSS_WEIGHT, config_from
 from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.losses.sft import sft_objective
 from reasoner.model import ModelConfig
@@ -75,6 +75,7 @@ def dpo_objective(chosen_logps: jax.Array, rejected_logps: jax.Array,
       "rejected_reward": jnp.mean(rejected_reward),
       "chosen_logps": jnp.mean(chosen_logps),
       "rejected_logps": jnp.mean(rejected_logps),
+      LOSS_WEIGHT: jnp.asarray(losses.shape[0], jnp.float32),  # a mean over pairs
   }
   return loss, jax.lax.stop_gradient(metrics)
 

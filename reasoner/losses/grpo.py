@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reasoner.losses.common import config_from, masked_mean
+from reasoner.losses.common import LOSS_WEIGHT, config_from, masked_mean
 from reasoner.losses.logprobs import sequence_logprobs
 from reasoner.model import ModelConfig
 
@@ -122,6 +122,18 @@ def aggregate(token_loss: jax.Array, mask: jax.Array, loss_agg: str,
   raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGREGATIONS}")
 
 
+def aggregate_weight(mask: jax.Array, loss_agg: str) -> jax.Array:
+  """How many units `aggregate` averages over (its micro-batch weight, `LOSS_WEIGHT`): the loss
+  tokens (token_mean), the sequences with tokens (seq_mean), all rows (constant)."""
+  if loss_agg == "token_mean":
+    return jnp.sum(mask)
+  if loss_agg == "seq_mean":
+    return jnp.sum((jnp.sum(mask, axis=1) > 0).astype(jnp.float32))
+  if loss_agg == "constant":
+    return jnp.asarray(mask.shape[0], jnp.float32)
+  raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGREGATIONS}")
+
+
 def grpo_objective(logp: jax.Array, old_logp: Optional[jax.Array], ref_logp: Optional[jax.Array],
                    advantages: jax.Array, mask: jax.Array, config: GRPOConfig,
                    entropy: Optional[jax.Array] = None, pg_weights: Optional[jax.Array] = None):
@@ -171,6 +183,7 @@ def grpo_objective(logp: jax.Array, old_logp: Optional[jax.Array], ref_logp: Opt
       # k3 estimate of KL(pi_old || pi) from samples of pi_old.
       "approx_kl": masked_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, mask),
       "n_tokens": jnp.sum(mask),
+      LOSS_WEIGHT: aggregate_weight(mask, config.loss_agg),
   }
   if entropy is not None:
     metrics["entropy"] = masked_mean(entropy, mask)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from reasoner.losses.common import config_from, masked_mean, shift_right
+from reasoner.losses.common import LOSS_WEIGHT, config_from, masked_mean, shift_right
 from reasoner.losses.logprobs import continues_segment, sequence_stats
 from reasoner.model import ModelConfig
 
@@ -120,6 +120,7 @@ def ppo_objective(logp: jax.Array, old_logp: jax.Array, values: jax.Array,
       "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
       "value_mean": masked_mean(values, mask),
       "return_mean": masked_mean(returns, mask),
+      LOSS_WEIGHT: jnp.sum(mask),
   }
   return loss, jax.lax.stop_gradient(metrics)
 

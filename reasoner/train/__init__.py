@@ -7,4 +7,4 @@ from reasoner.train.packing import pack_sequences, pad_sequences
 from reasoner.train.state import (TrainState, init_train_state, mixed_precision, model_params,
                                   train_state_shardings)
 from reasoner.train.step import (batch_shardings, make_eval_fn, make_train_step,
-                                 micro_batches_for)
+                                 micro_batches_for, micro_batches_of)

@@ -16,14 +16,23 @@ ones) and is differentiated with respect to `state.params` only.
 Micro-batching: with `micro_batches` = m > 1 the batch's rows are split into m micro-batches
 (row i goes to micro-batch i mod m, so each device keeps its own rows), a `lax.scan` runs the
 forward and backward of one at a time and sums float32 gradients, and the optimiser applies
-their mean once. Peak activation memory is that of one micro-batch. Every batch leaf's leading
-dim must be a multiple of m. The update equals the full batch's when the loss is a mean over
-equal-weight micro-batches (e.g. an equal number of loss tokens in each); metrics are the mean
-over micro-batches.
+their weighted mean once. Peak activation memory is that of one micro-batch. Every batch
+leaf's leading dim must be a multiple of m (a batch may hold row groups of different sizes,
+e.g. GRPO's rows and its replay rows: each is split m ways).
+
+Weights: a loss that is a mean over units (loss tokens, sequences) reports how many it averaged
+over as metrics[LOSS_WEIGHT] (`reasoner.losses.common`; every loss here does). Micro-batch j's
+gradient and metrics are weighted by w_j / sum(w), so the update and the loss equal the whole
+batch's however the loss tokens fall into micro-batches (packed SFT rows never hold equal
+counts). A sum of two means over different units (GRPO's or DPO's replay term) is weighted by
+its first term's units; a loss without the metric weighs every micro-batch the same. Count
+metrics (names starting with "n_", e.g. n_tokens) are summed. The weight itself is not
+returned among the metrics.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -32,6 +41,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from reasoner.losses.common import LOSS_WEIGHT
 from reasoner.sharding import batch_spec, row_shards, shard_batch
 from reasoner.train.optim import learning_rate_of
 from reasoner.train.state import TrainState, model_params, train_state_shardings
@@ -65,13 +75,39 @@ def micro_batches_for(rows: int, seq_len: int, tokens_per_device: int,
   (rows over the mesh's data x fsdp axes, where they divide) with rows / devices / m x seq_len
   within the budget (1 when tokens_per_device <= 0: no budget). A budget below one row's
   tokens gives one row at a time."""
+  local = rows // row_shards(rows, mesh)
+  return _fewest_micro_batches(local, local * seq_len, tokens_per_device)
+
+
+def micro_batches_of(batch: Any, tokens_per_device: int, mesh: Optional[Mesh] = None) -> int:
+  """`micro_batches_for` a whole batch pytree: m must divide the rows each device holds of every
+  leaf (a batch may hold row groups of different sizes, e.g. GRPO's rows and its replay rows),
+  and the tokens of all its `tokens` leaves on one device, over m, must be within the budget."""
   if tokens_per_device <= 0:
     return 1
-  local = rows // row_shards(rows, mesh)
-  for m in range(1, local):
-    if local % m == 0 and local // m * seq_len <= tokens_per_device:
+  batch_tokens(batch)  # a budget needs a 'tokens' leaf
+  rows, tokens = 0, 0
+  for path, x in jax.tree_util.tree_leaves_with_path(batch):
+    shape = np.shape(x)
+    if not shape:
+      raise ValueError(f"micro-batching needs every batch leaf to have a leading row dim; "
+                       f"{jax.tree_util.keystr(path)} is a scalar")
+    local = shape[0] // row_shards(shape[0], mesh)
+    rows = math.gcd(rows, local)
+    if getattr(path[-1], "key", None) == "tokens":
+      tokens += local * int(np.prod(shape[1:]))
+  return _fewest_micro_batches(rows, tokens, tokens_per_device)
+
+
+def _fewest_micro_batches(rows: int, tokens: int, budget: int) -> int:
+  """The smallest m dividing `rows` with tokens / m <= budget (rows when none does; 1 without a
+  budget)."""
+  if budget <= 0:
+    return 1
+  for m in range(1, rows):
+    if rows % m == 0 and tokens <= budget * m:
       return m
-  return local
+  return max(rows, 1)
 
 
 def split_micro_batches(batch: Any, m: int) -> Any:
@@ -85,31 +121,51 @@ def split_micro_batches(batch: Any, m: int) -> Any:
   return jax.tree.map(split, batch)
 
 
+def _is_count(name: str) -> bool:
+  """Metrics named n_* are counts: summed over micro-batches, not averaged."""
+  return name.startswith("n_")
+
+
 def loss_and_grads(loss_fn: LossFn, state: TrainState, batch: Any, rng: jax.Array,
                    micro_batches: int = 1):
   """((loss, metrics), grads w.r.t. state.params), accumulated over micro-batches (the module
-  docstring). Grads are float32 sums divided by the micro-batch count."""
+  docstring): grads are float32 sums of each micro-batch's gradient times its loss weight,
+  over the summed weights. metrics[LOSS_WEIGHT] is not returned."""
   def one(trained, b, r):
     fn = lambda p: loss_fn(model_params(state.replace(params=p)), b, r)
-    return jax.value_and_grad(fn, has_aux=True)(trained)
+    (loss, metrics), g = jax.value_and_grad(fn, has_aux=True)(trained)
+    metrics = dict(metrics)
+    weight = metrics.pop(LOSS_WEIGHT, None)
+    return loss, metrics, weight, g
 
   if micro_batches == 1:
-    return one(state.params, batch, rng)
+    loss, metrics, _, g = one(state.params, batch, rng)
+    return (loss, metrics), g
   micro = split_micro_batches(batch, micro_batches)
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-  first = jax.eval_shape(lambda: one(state.params, jax.tree.map(lambda x: x[0], micro), rng))
-  zero_aux = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), first[0])
+  loss0, metrics0, _, _ = jax.eval_shape(
+      lambda: one(state.params, jax.tree.map(lambda x: x[0], micro), rng))
+  zero = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
+  # A micro-batch with no loss units gets a tiny weight: its own terms are zero, and when every
+  # micro-batch has none the result is their plain mean.
+  tiny = jnp.float32(1e-6)
 
   def body(carry, xs):
-    acc_aux, acc_g = carry
+    acc_loss, acc_metrics, acc_w, acc_g = carry
     b, i = xs
-    aux, g = one(state.params, b, jax.random.fold_in(rng, i))
-    add = lambda a, x: a + x.astype(jnp.float32)
-    return (jax.tree.map(add, acc_aux, aux), jax.tree.map(add, acc_g, g)), None
+    loss, metrics, w, g = one(state.params, b, jax.random.fold_in(rng, i))
+    w = jnp.float32(1.0) if w is None else jnp.maximum(jnp.asarray(w, jnp.float32), tiny)
+    weigh = lambda a, x: a + w * x.astype(jnp.float32)
+    acc_metrics = {k: (acc_metrics[k] + v.astype(jnp.float32) if _is_count(k)
+                       else jax.tree.map(weigh, acc_metrics[k], v)) for k, v in metrics.items()}
+    return (weigh(acc_loss, loss), acc_metrics, acc_w + w, jax.tree.map(weigh, acc_g, g)), None
 
-  (aux, grads), _ = jax.lax.scan(body, (zero_aux, zeros), (micro, jnp.arange(micro_batches)))
-  mean = lambda x: x / micro_batches
-  return jax.tree.map(mean, aux), jax.tree.map(mean, grads)
+  init = (zero(loss0), zero(metrics0), jnp.float32(0.0), zeros)
+  (loss, metrics, total, grads), _ = jax.lax.scan(body, init,
+                                                  (micro, jnp.arange(micro_batches)))
+  mean = lambda x: x / total
+  metrics = {k: v if _is_count(k) else jax.tree.map(mean, v) for k, v in metrics.items()}
+  return (mean(loss), metrics), jax.tree.map(mean, grads)
 
 
 def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
@@ -196,9 +252,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   def micro(batch) -> int:
     if micro_batches:
       return micro_batches
-    if not tokens_per_device:
-      return 1
-    return micro_batches_for(*batch_tokens(batch), tokens_per_device, mesh)
+    return micro_batches_of(batch, tokens_per_device, mesh)
 
   def step(state: TrainState, batch: Any, rng: jax.Array):
     leaves, treedef = jax.tree.flatten(batch)
@@ -246,13 +300,11 @@ def make_eval_fn(fn: Callable[[Any, Any], Any], mesh: Optional[Mesh] = None,
     return call
 
   def run(params, batch):
-    rows, per_row = batch_tokens(batch)
-    m = micro_batches_for(rows, per_row, tokens_per_device, mesh)
+    m = micro_batches_of(batch, tokens_per_device, mesh)
     if m == 1:
       return call(params, batch)
-    size = rows // m
-    parts = [call(params, jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch))
-             for i in range(m)]
+    part = lambda i: lambda x: x[i * (len(x) // m):(i + 1) * (len(x) // m)]
+    parts = [call(params, jax.tree.map(part(i), batch)) for i in range(m)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
   return run

@@ -37,7 +37,7 @@ import optax
 
 from reasoner.data.problem import Problem
 from reasoner.io import write_json
-from reasoner.losses.common import masked_mean
+from reasoner.losses.common import LOSS_WEIGHT, masked_mean
 from reasoner.losses.logprobs import sequence_stats
 from reasoner.losses.ppo import init_value_head
 from reasoner.model.config import ModelConfig
@@ -99,7 +99,8 @@ def prm_objective(logits: jax.Array, labels: jax.Array, mask: jax.Array):
   bce = optax.sigmoid_binary_cross_entropy(logits, labels)
   loss = masked_mean(bce, mask)
   acc = masked_mean(((logits > 0) == (labels > 0.5)).astype(jnp.float32), mask)
-  return loss, {"loss": loss, "accuracy": acc, "positive_rate": masked_mean(labels, mask)}
+  return loss, {"loss": loss, "accuracy": acc, "positive_rate": masked_mean(labels, mask),
+                LOSS_WEIGHT: jnp.sum(mask)}
 
 
 def prm_loss(params, batch, rng, *, model_cfg: ModelConfig):
