@@ -7,6 +7,7 @@ import pytest
 
 from configs import pipeline as pipeline_configs
 from reasoner.pipeline import report as report_lib
+from reasoner.model import ModelConfig
 from reasoner.pipeline.config_check import resolve_stages, validate_config
 from reasoner.io.metrics_log import MetricsWriter, Progress
 from reasoner.stages.rollouts import rollout_rows
@@ -63,6 +64,23 @@ def test_unknown_preset_and_bad_fields_are_named():
     validate_config(cfg)
   with pytest.raises(AttributeError):  # typo'd fields do not exist on the ConfigDict
     pipeline_configs.get_config("tiny").grpo.gropu_size
+  # Refused before any stage runs (a negative budget used to fail only when its stage started).
+  for key, value, message in (
+      ("dpo.tokens_per_device", -1, "config.dpo.tokens_per_device must be >= 0"),
+      ("model.lora_alpha", 0.0, "lora_alpha must be a positive number"),
+      ("model.lora_alpha", float("nan"), "lora_alpha must be a positive number"),
+      ("model.lora_targets", "wq,wv,wq", "names wq more than once")):
+    cfg = pipeline_configs.get_config("tiny")
+    cfg.model.lora_rank = 4
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+      validate_config(cfg)
+  with pytest.raises(ValueError, match="lora_rank must be an integer >= 0"):
+    ModelConfig(lora_rank=2.5)
 
 
 def test_stage_resolution():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
+
+import numpy as np
 
 ARCHITECTURES = ("llama", "qwen2")
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -94,12 +97,19 @@ def validate(cfg: ModelConfig) -> None:
     raise ValueError(f"unknown attention {cfg.attention!r}; expected one of {IMPLS}")
   if cfg.logits_chunk_mib < 0:
     raise ValueError(f"logits_chunk_mib must be >= 0 (0 = never chunk), got {cfg.logits_chunk_mib}")
-  if cfg.lora_rank < 0:
-    raise ValueError(f"lora_rank must be >= 0 (0 = no adapters), got {cfg.lora_rank}")
+  if isinstance(cfg.lora_rank, bool) or not isinstance(cfg.lora_rank, (int, np.integer)) \
+      or cfg.lora_rank < 0:
+    raise ValueError(f"lora_rank must be an integer >= 0 (0 = no adapters), got {cfg.lora_rank!r}")
+  if cfg.lora_rank and not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
+    raise ValueError(f"lora_alpha must be a positive number (adapters add alpha / rank x (x a) b), "
+                     f"got {cfg.lora_alpha!r}")
   targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
   bad = sorted(set(targets) - set(LORA_TARGETS))
   if bad or (cfg.lora_rank and not targets):
     raise ValueError(f"lora_targets must name some of {LORA_TARGETS}, got {cfg.lora_targets!r}")
+  twice = sorted({t for t in targets if targets.count(t) > 1})
+  if twice:
+    raise ValueError(f"lora_targets names {', '.join(twice)} more than once: {cfg.lora_targets!r}")
   for name in ("dtype", "param_dtype"):
     if getattr(cfg, name) not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(cfg, name)!r}")

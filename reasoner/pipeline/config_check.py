@@ -141,6 +141,11 @@ def validate_config(config) -> None:
       build(_get(config, key))
     except (TypeError, ValueError) as e:
       raise ValueError(f"config.{key}: {e}") from None
+  for stage in ("pretrain", "sft", "grpo", "distill", "dpo"):
+    budget = config[stage].get("tokens_per_device", 0)
+    if budget < 0:
+      raise ValueError(f"config.{stage}.tokens_per_device must be >= 0 (0 = no budget: whole "
+                       f"batches at once), got {budget}")
   if not config.grpo.max_sampling_rounds >= 1:
     raise ValueError(f"config.grpo.max_sampling_rounds must be >= 1 (1 = no resampling), "
                      f"got {config.grpo.max_sampling_rounds}")
