@@ -36,33 +36,35 @@ def packed_row(t):
 
 
 def weighted_loss(fn, q_seg):
-  """A scalar from fn(q, k, v) [b, t, h, d] that weights every non-padding query row."""
-  keep = (np.asarray(q_seg) != 0).astype(np.float32)[:, :, None, None]
+  """A scalar from fn(q, k, v) [b, t, h, d] that weights every query row, padding included
+  (the implementations agree there too: 0, and no gradient)."""
+  del q_seg
 
   def loss(q, k, v):
     out = fn(q, k, v).astype(jnp.float32)
     w = jnp.sin(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
-    return (out * w * keep).sum()
+    return (out * w).sum()
   return loss
 
 
 def check_matches_dense(q, k, v, q_seg, kv_seg, *, q_offset=0, block_q=8, block_kv=8,
                         atol=1e-5, grad_atol=1e-4):
-  """Blockwise == dense on non-padding query rows, in values and in q / k / v gradients."""
+  """Blockwise == dense on every query row (padding rows: 0 from both), in values and in
+  q / k / v gradients of a loss over every row."""
   dense = functools.partial(attention, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                             q_offset=q_offset, impl="dense")
   block = functools.partial(attention, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                             q_offset=q_offset, impl="blockwise", block_q=block_q,
                             block_kv=block_kv)
-  keep = np.asarray(q_seg != 0)
   with_grads = lambda fn: jax.jit(
       lambda q, k, v: (fn(q, k, v), jax.grad(weighted_loss(fn, q_seg), (0, 1, 2))(q, k, v)))
   want, g_want = with_grads(dense)(q, k, v)
   got, g_got = with_grads(block)(q, k, v)
   assert got.shape == q.shape and got.dtype == q.dtype
   assert np.isfinite(np.asarray(got, np.float32)).all()
-  np.testing.assert_allclose(np.asarray(got, np.float32)[keep],
-                             np.asarray(want, np.float32)[keep], atol=atol, rtol=atol)
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             atol=atol, rtol=atol)
+  np.testing.assert_array_equal(np.asarray(want, np.float32)[np.asarray(q_seg) == 0], 0.0)
   for a, b in zip(g_got, g_want):
     assert a.dtype == b.dtype
     assert np.isfinite(np.asarray(a, np.float32)).all()
@@ -198,7 +200,8 @@ def test_rotated_single_sequence_path_matches_dense():
   dense = lambda q, k, v: attention(q, k, v, seg, seg, impl="dense")
   out = jax.jit(fn)(q, k, v)
   assert np.isfinite(np.asarray(out)).all()
-  np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(dense(q, k, v))[keep], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(dense(q, k, v)), atol=1e-5)
+  assert not np.asarray(out)[~keep].any()  # padding rows 0, as every implementation gives them
   g_got = jax.jit(jax.grad(weighted_loss(fn, seg), (0, 1, 2)))(q, k, v)
   g_want = jax.jit(jax.grad(weighted_loss(dense, seg), (0, 1, 2)))(q, k, v)
   for a, b in zip(g_got, g_want):
@@ -217,7 +220,8 @@ def test_splash_kernel_in_interpret_mode():
     pytest.skip(f"splash interpret mode unavailable here: {type(e).__name__}: {e}")
   keep = np.asarray(seg != 0)
   assert np.isfinite(np.asarray(out)).all()
-  np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(dense(q, k, v))[keep], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(dense(q, k, v)), atol=1e-5)
+  assert not np.asarray(out)[~keep].any()  # padding rows 0, as every implementation gives them
   g_got = jax.jit(jax.grad(weighted_loss(splash, seg), (0, 1, 2)))(q, k, v)
   g_want = jax.jit(jax.grad(weighted_loss(dense, seg), (0, 1, 2)))(q, k, v)
   for a, b in zip(g_got, g_want):
@@ -366,7 +370,7 @@ def test_packed_rows_through_the_masked_cudnn_call_match_dense():
   fn = lambda q, k, v: A._masked_self_attention(q, k, v, seg, seg, implementation="xla")
   dense = lambda q, k, v: attention(q, k, v, seg, seg, impl="dense")
   out = jax.jit(fn)(q, k, v)
-  np.testing.assert_allclose(np.asarray(out)[keep], np.asarray(dense(q, k, v))[keep], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(dense(q, k, v)), atol=1e-5)
   assert not np.asarray(out)[~keep].any()
   g_got = jax.jit(jax.grad(weighted_loss(fn, seg), (0, 1, 2)))(q, k, v)
   g_want = jax.jit(jax.grad(weighted_loss(dense, seg), (0, 1, 2)))(q, k, v)

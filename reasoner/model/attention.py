@@ -20,10 +20,8 @@ Implementations:
              with its gradient's buffer: for rows of a few thousand tokens).
   splash     the Pallas TPU splash-attention kernel (TPU only; self-attention, t % 128 == 0).
 
-Padding rows (a query with no visible key, e.g. q_seg == 0): `dense` returns the mean of v
-over all keys (uniform softmax over the finite MASK_VALUE); `blockwise` and `cudnn` return 0;
-`splash` returns the causal mean of v over the earlier padding keys. All are finite, and the
-`blockwise` / `cudnn` rows pass no gradient back. Compare implementations on q_seg != 0 rows.
+Padding rows (a query with no visible key, e.g. q_seg == 0) get 0 from every implementation
+and pass no gradient back, so all of them agree on every row, padding included.
 """
 
 from __future__ import annotations
@@ -145,8 +143,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
   kv_segment_ids: [b, s] int (0 = padding). q_offset: int or scalar int array, the slot of
   query 0 (keys sit at slots 0..s-1). Scale 1/sqrt(d). Returns [b, t, h, d] in q.dtype.
 
-  Rows of queries that see no key return finite values (see the module docstring: 0 for
-  blockwise / cudnn) and contribute no NaN to any gradient.
+  Rows of queries that see no key return 0 and pass no gradient back (module docstring).
 
   packed=False is the caller's promise that each row is a single sequence: t == s, the two
   segment-id arrays are the same, and each row's non-zero ids are one contiguous run of a
@@ -388,8 +385,9 @@ def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool
 
   Query head n uses kv head n // (h // kv), as in `gqa_attention` (splash's own GQA layout).
   Causal mask per head plus SegmentIds; a padding query (id 0) sees the earlier padding keys
-  (id 0) and always itself, so no row is empty and the result is finite. Needs q and kv ids to
-  describe the same sequence (self-attention).
+  (id 0) and always itself inside the kernel, so no row is empty; its output is then set to 0,
+  as the other implementations give it. Needs q and kv ids to describe the same sequence
+  (self-attention).
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import (splash_attention_kernel as sk,
                                                                splash_attention_mask as sm)
@@ -404,5 +402,5 @@ def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, interpret: bool
   scaled = (q * (1.0 / math.sqrt(d))).astype(q.dtype)
   heads_first = lambda x: x.transpose(0, 2, 1, 3)  # [b, t, n, d] -> [b, n, t, d]
   segments = sk.SegmentIds(q=q_segment_ids.astype(jnp.int32), kv=kv_segment_ids.astype(jnp.int32))
-  out = jax.vmap(kernel)(heads_first(scaled), heads_first(k), heads_first(v), segments)
-  return heads_first(out).astype(q.dtype)
+  out = heads_first(jax.vmap(kernel)(heads_first(scaled), heads_first(k), heads_first(v), segments))
+  return jnp.where((q_segment_ids != 0)[:, :, None, None], out, 0).astype(q.dtype)

@@ -65,7 +65,8 @@ def attention_mask(q_slots: jax.Array, q_segments: jax.Array, k_slots: jax.Array
 def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Grouped-query attention.
 
-  q: [b, t, h, d]; k, v: [b, s, kv, d]; mask: [b, t, s] bool. Returns [b, t, h, d].
+  q: [b, t, h, d]; k, v: [b, s, kv, d]; mask: [b, t, s] bool. Returns [b, t, h, d]; a query
+  that sees no key (a padding row) gets 0 and passes no gradient back, as flash kernels do.
   """
   b, t, h, d = q.shape
   kv = k.shape[2]
@@ -73,7 +74,9 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(d)
   scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = jax.nn.softmax(scores, axis=-1)
+  sees = jnp.any(mask, axis=-1)[:, None, None, :, None]  # [b, 1, 1, t, 1]
+  probs = jnp.where(sees, probs, 0.0).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
   return out.reshape(b, t, h, d)
 
