@@ -195,6 +195,7 @@ def tiny() -> ConfigDict:
   c.distill.batch_size = 32
   c.distill.seq_len = 128
   c.distill.tokens_per_device = 0
+  c.distill.rollout_rows = 0  # rows per rejection-sampling call; 0 = 64 problems' samples at once
   c.distill.optim = _optim(1e-3, 80, warmup=10)
   # On-policy distillation: each of the `steps` steps samples samples_per_prompt completions of
   # prompts_per_step training problems from the student at `temperature` (1 = the student's own
@@ -213,6 +214,7 @@ def tiny() -> ConfigDict:
   c.dpo.batch_size = 16
   c.dpo.seq_len = 128
   c.dpo.tokens_per_device = 0  # a pair counts its chosen and rejected tokens
+  c.dpo.rollout_rows = 0  # rows per sampler call for the pairs; 0 = 64 problems' samples at once
   # The loss (reasoner.losses.dpo.DPOConfig): beta 0.1, sigmoid; here with RPO's NLL term
   # (nll_weight: weight of the chosen responses' per-token NLL).
   c.dpo.loss = _fields(DPOConfig, nll_weight=1.0)
@@ -321,7 +323,8 @@ def _real(model_preset: str, mesh: dict, template: str, hardware: ConfigDict,
   # Memory budgets per device (checked by `python -m launch.plan` against `hardware`).
   for stage in (c.sft, c.grpo, c.distill, c.dpo):
     stage.tokens_per_device = tokens_per_device
-  c.grpo.rollout_rows = rollout_rows
+  # Rows per sampler call in every stage that samples (bounds the KV cache the engine holds).
+  c.grpo.rollout_rows = c.distill.rollout_rows = c.dpo.rollout_rows = rollout_rows
   return c
 
 
@@ -335,8 +338,10 @@ def get_config(preset: str = "tiny") -> ConfigDict:
   # A TPU v4-8: 4 chips of 32 GiB, 24 GiB of each planned for.
   v4_8 = _hardware("tpu-v4-8", devices=4, memory_gib=32.0, budget_gib=24.0)
   if preset == "qwen2_5_0_5b_gsm8k":
+    # 192 rows per sampler call: at 256 the decode chunk (8.85 GiB) beside the float32 policy,
+    # its starting copy and Adam moments (7.36 GiB) needs 16.21 of the chip's 16 GiB (`launch.plan`).
     c = _real("qwen2_5_0_5b", dict(data=-1, fsdp=1, tensor=1), "qwen", small,
-              tokens_per_device=4096, rollout_rows=256, lr_scale=2.0)
+              tokens_per_device=4096, rollout_rows=192, lr_scale=2.0)
     c.model.logits_chunk_mib = 64  # 0.62 GB of float32 logits per 1k tokens of its 152k vocab
   # The 7B / 8B presets train LoRA adapters on every projection over a bfloat16 frozen base
   # (about 2 bytes a weight, against 16 for float32 weights + Adam moments), which fits a v4-8;

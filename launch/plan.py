@@ -25,11 +25,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file 
                                           lock_config=True)
 _PROGRAMS = flags.DEFINE_string("programs", "all", "Comma-separated subset of sft, grpo, "
                                 "grpo_logprobs, distill, dpo, sample (or 'all').")
-_DEVICES = flags.DEFINE_integer("devices", None, "Device count (default config.hardware.devices).")
-_GRPO_ROWS = flags.DEFINE_integer("grpo_rows", None, "Rows of the GRPO update's minibatch "
+_DEVICES = flags.DEFINE_integer("devices", None, "Device count, >= 1 (default "
+                                 "config.hardware.devices).")
+_GRPO_ROWS = flags.DEFINE_integer("grpo_rows", None, "Rows of the GRPO update's minibatch, >= 1 "
                                   "(default prompts_per_step x group_size / minibatches).")
-_GRPO_TOKENS = flags.DEFINE_integer("grpo_tokens", None, "Row width of the GRPO programs (default "
-                                    "max_prompt_tokens + max_new_tokens rounded up to 32).")
+_GRPO_TOKENS = flags.DEFINE_integer("grpo_tokens", None, "Row width of the GRPO programs, >= 1 "
+                                    "(default max_prompt_tokens + max_new_tokens rounded up to 32).")
 _RESIDENT = flags.DEFINE_bool("resident", True, "Count the buffers a stage keeps alive beside a "
                               "program (its starting params, optimiser state) toward the budget.")
 _PLATFORM = flags.DEFINE_string("platform", "cpu", "JAX platform to compile for; 'cpu' simulates "
@@ -78,19 +79,28 @@ def main(argv):
     _fail(_one_line(str(e)))
   if "hardware" not in config:
     _fail("the config has no `hardware` block (name, devices, memory_gib, budget_gib)")
-  n = int(_DEVICES.value or config.hardware.devices)
-  if n < 1:
-    _fail(f"--devices must be >= 1, got {n}")
-  config.hardware.devices = n
+  for name, flag in (("devices", _DEVICES), ("grpo_rows", _GRPO_ROWS), ("grpo_tokens", _GRPO_TOKENS)):
+    if flag.value is not None and flag.value < 1:
+      _fail(f"--{name} must be >= 1, got {flag.value}")
+  if _DEVICES.value is not None:
+    config.hardware.devices = _DEVICES.value
 
+  devices = config.hardware.get("devices", None)
+  n = devices if isinstance(devices, int) and devices >= 1 else 1  # check_config names a bad one
   import jax
   if _PLATFORM.value:
     jax.config.update("jax_platforms", _PLATFORM.value)
   if _PLATFORM.value == "cpu":
     jax.config.update("jax_num_cpu_devices", n)  # before anything initialises the backends
   from reasoner.pipeline import plan as plan_lib
-
-  from reasoner.stages.models import config_model
+  try:  # the runner's own checks (and the hardware block's) before anything is compiled
+    plan_lib.check_config(config)
+  except ValueError as e:
+    _fail(str(e))
+  try:
+    jax.devices()
+  except RuntimeError as e:  # no such platform, or none of its devices here
+    _fail(f"--platform={_PLATFORM.value!r}: {_one_line(str(e))}")
 
   raw = _PROGRAMS.value.strip()
   programs = None if raw in ("", "all") else [p.strip() for p in raw.split(",") if p.strip()]
@@ -98,7 +108,7 @@ def main(argv):
   t0 = time.perf_counter()
   try:
     try:
-      m = config_model(config)
+      m = plan_lib.planned_model_config(config)
     except ValueError as e:
       raise ValueError(f"config.model: {e}") from e
     print(f"[plan] {config.preset}: model {config.model.get('preset', '?')} ({m.dtype} compute on "

@@ -219,3 +219,32 @@ def test_pipeline_runs_the_on_policy_stage(tmp_path):
   assert {"loss", "reverse_kl", "accuracy", "response_length"} <= set(steps[0])
   saved = json.load(open(tmp_path / "stages" / "distill" / "fingerprint.json"))
   assert saved["distill.method"] == "on_policy" and "distill.n_problems" not in saved
+
+
+def test_rejection_sampling_calls_hold_at_most_rollout_rows():
+  """distill.rollout_rows (and dpo.rollout_rows) bound every sampler call of `sample_and_verify`:
+  a chunk of 64 problems x n samples runs in calls of at most that many rows, as the planner
+  plans them (`verify_call_prompts`)."""
+  import types
+  from reasoner.data.problem import Problem
+  from reasoner.stages.rollouts import sample_and_verify, verify_call_prompts
+  calls = []
+
+  class Ctx:
+    def encode_prompt(self, text):
+      return [1, 2, 3]
+
+    def sample(self, params, prompts, sampling, rng, batch_rows=0):
+      calls.append((len(prompts), batch_rows))
+      rows = len(prompts) * sampling.n
+      return types.SimpleNamespace(completion_ids=[[4]] * rows, texts=["x"] * rows,
+                                   done=[True] * rows)
+
+  from reasoner.sampling import SamplingConfig
+  problems = [Problem(prompt=f"p{i}", answer="1", solution="", task="arithmetic")
+              for i in range(100)]
+  sampling = SamplingConfig(max_new_tokens=8, n=4)
+  out = sample_and_verify(Ctx(), None, problems, sampling, jax.random.PRNGKey(0), batch_rows=32)
+  assert len(out) == 100 and calls == [(64, 32), (36, 32)]
+  assert verify_call_prompts(100, 4, 32) == 8 and verify_call_prompts(100, 4, 0) == 64
+  assert verify_call_prompts(10, 4, 0) == 10 and verify_call_prompts(100, 64, 32) == 1

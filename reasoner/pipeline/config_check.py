@@ -146,6 +146,9 @@ def validate_config(config) -> None:
     if budget < 0:
       raise ValueError(f"config.{stage}.tokens_per_device must be >= 0 (0 = no budget: whole "
                        f"batches at once), got {budget}")
+    if config[stage].get("rollout_rows", 0) < 0:
+      raise ValueError(f"config.{stage}.rollout_rows must be >= 0 (0 = the stage's default "
+                       f"sampler call), got {config[stage].rollout_rows}")
   if not config.grpo.max_sampling_rounds >= 1:
     raise ValueError(f"config.grpo.max_sampling_rounds must be >= 1 (1 = no resampling), "
                      f"got {config.grpo.max_sampling_rounds}")

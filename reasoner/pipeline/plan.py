@@ -16,6 +16,10 @@ A stage also keeps buffers alive beside a program that are not its arguments ("r
                 reference; under LoRA the state holds the frozen base itself, no copy;
   GRPO's log-prob pass and rollouts   the train state's optimiser state;
   distill       the teacher's params.
+The sampler (`Engine.run`) prefills on the params it is given and decodes on a copy of them
+made before its loop (`prepare_params`: unstacked, in the compute dtype), alive until it returns:
+its prefill rows also count the decode copy, its decode rows the params it was given (GRPO: the
+policy being trained), as resident beside what the stage keeps.
 A program fits when its peak is at most `config.hardware.budget_gib` (the share of a device we
 plan a program for) and peak + resident at most the device's `memory_gib` (include_resident=False
 checks the peak alone).
@@ -29,8 +33,11 @@ Programs (`PROGRAMS`):
                  grpo.max_prompt_tokens + distill.max_new_tokens, with the teacher's scores
   dpo            DPO train step: chosen + rejected rows, reference log-probs, replay rows
   sample         the rollout engine: prefill of one sampler call's prompts into the KV pool
-                 and a decode chunk over its slots (prompts_per_step x group_size rows, or
-                 grpo.rollout_rows), reported as two rows
+                 and a decode chunk over its slots, reported as two rows: GRPO's call
+                 (prompts_per_step x group_size rows, or grpo.rollout_rows) as sample/prefill and
+                 sample/decode, then (`sampler_calls`) each other enabled stage's call that GRPO's
+                 does not cover as sample[STAGE]/prefill and sample[STAGE]/decode
+The weights are planned in the dtype the runner holds them in (`planned_model_config`).
 
 The numbers are XLA's for the backend that compiles them (CPU when simulating a TPU slice): its
 buffer assignment and fusion differ from the TPU compiler's, so treat them as an estimate.
@@ -44,6 +51,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -51,16 +59,19 @@ from reasoner import sharding
 from reasoner.losses.sft import sft_loss
 from reasoner.model import decoder, lora
 from reasoner.model.config import ModelConfig
-from reasoner.pipeline.config_check import r1_zero_config
+from reasoner.pipeline.config_check import r1_zero_config, resolve_stages, validate_config
+from reasoner.pipeline.run import trained_weights_dtype
 from reasoner.stages.models import config_model
+from reasoner.sampling import SamplingConfig
 from reasoner.sampling import engine as rollout_engine
 from reasoner.sampling import paged
 from reasoner.stages import distill as distill_stage
 from reasoner.stages import dpo as dpo_stage
 from reasoner.stages import grpo as grpo_stage
+from reasoner.stages.rollouts import verify_call_prompts
 from reasoner.train import make_optimizer
 from reasoner.train.state import TrainState, train_state_shardings
-from reasoner.train.step import (batch_shardings, batch_tokens, jit_step, micro_batches_for,
+from reasoner.train.step import (batch_shardings, jit_step, micro_batches_for, micro_batches_of,
                                  train_step_fn)
 
 PROGRAMS = ("sft", "grpo", "grpo_logprobs", "distill", "dpo", "sample")
@@ -91,11 +102,28 @@ class ProgramPlan:
     return self.peak_bytes + self.resident_bytes
 
 
-def budget_bytes(config) -> int:
-  """config.hardware.budget_gib (default memory_gib) in bytes."""
+def check_hardware(config) -> None:
+  """Raises ValueError naming the config.hardware field that is not a positive number (devices
+  a whole count >= 1, memory_gib > 0, budget_gib > 0 when given: it has no 0 = 'use memory';
+  leave it out for that)."""
+  if "hardware" not in config:
+    raise ValueError("the config has no `hardware` block (name, devices, memory_gib, budget_gib)")
   hw = config.hardware
-  gib = hw.get("budget_gib", None) or hw.memory_gib
-  return int(float(gib) * GIB)
+  for key in ("devices", "memory_gib", "budget_gib"):
+    value = hw.get(key, None)
+    if value is None and key == "budget_gib":
+      continue
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      raise ValueError(f"config.hardware.{key} must be positive, got {value!r}")
+  if int(hw.devices) != hw.devices:
+    raise ValueError(f"config.hardware.devices must be a whole number, got {hw.devices!r}")
+
+
+def budget_bytes(config) -> int:
+  """config.hardware.budget_gib (memory_gib when left out) in bytes."""
+  hw = config.hardware
+  gib = hw.get("budget_gib", None)
+  return int(float(hw.memory_gib if gib is None else gib) * GIB)
 
 
 def memory_bytes(config) -> int:
@@ -238,10 +266,105 @@ def _train_step(name, rows, tokens, model_cfg, stage_cfg, loss_fn, batch, mesh, 
   optimizer = make_optimizer(stage_cfg.optim)
   state, state_sh = abstract_stage_state(optimizer, model_cfg, mesh)
   batch = _place(batch, mesh)
-  micro = micro_batches_for(*batch_tokens(batch), int(stage_cfg.tokens_per_device), mesh)
+  micro = micro_batches_of(batch, int(stage_cfg.tokens_per_device), mesh)
   step = jit_step(train_step_fn(loss_fn, optimizer, micro), state_sh, batch, mesh)
   lowered = lambda: step.lower(state.replace(frozen=None), state.frozen, batch, _rng(mesh))
   return _measure(name, rows, tokens, lowered, resident, log, micro)[0]
+
+
+def check_config(config) -> None:
+  """What the runner checks before it starts (`validate_config`: ValueError naming the field)
+  and `check_hardware`. An init not given yet (the real presets leave it to --config.init) is
+  checked as a Hugging Face folder's."""
+  check_hardware(config)
+  if not config.get("init"):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.init = "<init>"
+  validate_config(config)
+
+
+def planned_model_config(config) -> ModelConfig:
+  """config.model with param_dtype the dtype the runner holds the weights in
+  (`run.trained_weights_dtype`: a full fine-tune from a Hugging Face folder trains float32
+  weights whatever config.model.param_dtype says; under LoRA the base is stored in it)."""
+  return config_model(config).replace(param_dtype=trained_weights_dtype(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerCall:
+  """One sampler call a stage makes: `prompts` prompts (of at most grpo.max_prompt_tokens
+  tokens) x sampling.n samples; `holds` = per-device bytes the stage keeps alive beside the call
+  besides the params it samples with; `policy_bytes` = those params (the sampler's argument)."""
+  stage: str
+  prompts: int
+  sampling: SamplingConfig
+  holds: int
+  policy_bytes: int
+
+  @property
+  def rows(self) -> int:
+    return self.prompts * self.sampling.n
+
+  def covers(self, other: "SamplerCall") -> bool:
+    """Whether planning this call bounds `other` (at least its rows, new tokens and bytes held)."""
+    return (self.rows >= other.rows and self.sampling.max_new_tokens >= other.sampling.max_new_tokens
+            and self.holds + self.policy_bytes >= other.holds + other.policy_bytes)
+
+
+def sampler_calls(config, model_cfg: ModelConfig, mesh: Mesh) -> list[SamplerCall]:
+  """The largest sampler call of each stage that samples, GRPO's first (always planned), then
+  those of the enabled stages (`resolve_stages`) that GRPO's or an earlier one does not cover:
+    grpo      call_prompts(grpo) x group_size (grpo.rollout_rows), beside the train state
+    distill   rejection: `verify_call_prompts` (distill.rollout_rows) x samples_per_problem
+              with the teacher, beside the student's starting params;
+              on_policy: on_policy.prompts_per_step x samples_per_prompt with the student's
+              policy, beside its train state and the teacher
+    dpo       `verify_call_prompts` (dpo.rollout_rows) x dpo.samples_per_problem (none with
+              data.preferences_path)
+    eval      every model: eval.batch_size // k prompts x eval.k, and greedy eval.batch_size x 1
+              (at most eval.n_problems prompts)."""
+  g, d, e = config.grpo, config.distill, config.eval
+  params = abstract_params(model_cfg, mesh)
+  param_bytes = per_device_bytes(params)
+  state = abstract_stage_state(make_optimizer(g.optim), model_cfg, mesh)[0]
+  policy = per_device_bytes(state.params) + per_device_bytes(state.frozen)
+  start_copy = 0 if model_cfg.lora_rank else param_bytes  # the params the stage started from
+  calls = [SamplerCall("grpo", grpo_stage.call_prompts(g), grpo_stage.rollout_sampling(g),
+                       start_copy + per_device_bytes(state.opt_state), policy)]
+  sampling = lambda new, t, n, greedy=False: SamplingConfig(max_new_tokens=int(new),
+                                                            temperature=float(t), n=int(n),
+                                                            greedy=greedy)
+  stages = resolve_stages(config)
+  more = []
+  if "distill" in stages and d.method == "on_policy":
+    o = d.on_policy
+    dstate = abstract_stage_state(make_optimizer(d.optim), model_cfg, mesh)[0]
+    more.append(SamplerCall("distill", int(o.prompts_per_step),
+                            sampling(d.max_new_tokens, o.temperature, o.samples_per_prompt),
+                            param_bytes + start_copy + per_device_bytes(dstate.opt_state),
+                            per_device_bytes(dstate.params) + per_device_bytes(dstate.frozen)))
+  elif "distill" in stages:
+    student = distill_stage.student_config(config, model_cfg) or model_cfg
+    more.append(SamplerCall("distill", verify_call_prompts(d.n_problems, d.samples_per_problem,
+                                                           d.get("rollout_rows", 0)),
+                            sampling(d.max_new_tokens, d.temperature, d.samples_per_problem),
+                            per_device_bytes(abstract_params(student, mesh)), param_bytes))
+  if "dpo" in stages and not config.data.get("preferences_path"):
+    p = config.dpo
+    more.append(SamplerCall("dpo", verify_call_prompts(p.n_problems, p.samples_per_problem,
+                                                       p.get("rollout_rows", 0)),
+                            sampling(p.max_new_tokens, p.temperature, p.samples_per_problem),
+                            0, param_bytes))
+  if stages:
+    n, k, b = int(e.n_problems), int(e.k), int(e.batch_size)
+    more.append(SamplerCall("eval", min(n, max(1, b // k)), sampling(e.max_new_tokens,
+                                                                     e.temperature, k), 0, param_bytes))
+    more.append(SamplerCall("eval", min(n, max(1, b)), sampling(e.max_new_tokens, 1.0, 1, True),
+                            0, param_bytes))
+  for call in more:
+    if not any(c.covers(call) for c in calls):
+      calls.append(call)
+  return calls
 
 
 def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mesh] = None,
@@ -255,15 +378,20 @@ def plan(config, programs: Optional[Sequence[str]] = None, *, mesh: Optional[Mes
   unknown = [p for p in programs if p not in PROGRAMS]
   if unknown or not programs:
     raise ValueError(f"unknown program(s) {unknown or programs}; choose from {', '.join(PROGRAMS)}")
+  for name, value in (("grpo_rows", grpo_rows), ("grpo_tokens", grpo_tokens)):
+    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+      raise ValueError(f"{name} must be a whole number >= 1 (None = the config's), got {value!r}")
+  check_config(config)
   config = r1_zero_config(config)  # R1-Zero mode's settings (no replay rows)
   mesh = plan_mesh(config) if mesh is None else mesh
-  model_cfg = config_model(config)
+  model_cfg = planned_model_config(config)
   g = config.grpo
   train_rows = grpo_stage.max_train_rows(g, mesh)
-  rows = int(grpo_rows or grpo_stage.minibatch_rows(g, train_rows))
-  if grpo_rows:
+  rows = int(grpo_stage.minibatch_rows(g, train_rows) if grpo_rows is None else grpo_rows)
+  if grpo_rows is not None:
     train_rows = rows * int(g.minibatches)
-  width = int(grpo_tokens or grpo_stage.row_width(int(g.max_prompt_tokens) + int(g.max_new_tokens)))
+  width = int(grpo_stage.row_width(int(g.max_prompt_tokens) + int(g.max_new_tokens))
+              if grpo_tokens is None else grpo_tokens)
   if rows <= 0 or width <= 0:
     raise ValueError(f"GRPO rows and tokens must be positive, got {rows} x {width}")
   params = abstract_params(model_cfg, mesh)
@@ -329,22 +457,27 @@ def _plan_program(name, config, model_cfg, mesh, params, rows, width, train_rows
     return [_train_step("dpo", 2 * d.batch_size, d.seq_len, model_cfg, d,
                         dpo_stage.dpo_train_loss(d, model_cfg), dpo_batch(config), mesh,
                         param_bytes, log)]
-  return _plan_sample(config, model_cfg, params, mesh, param_bytes + opt_bytes, log)
+  out = []
+  for call in sampler_calls(config, model_cfg, mesh):
+    out.extend(_plan_sample(config, call, model_cfg, params, mesh, log))
+  return out
 
 
 def _sft(model_cfg):
   return lambda p, b, r: sft_loss(p, b, r, model_cfg=model_cfg)
 
 
-def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[ProgramPlan]:
-  """The rollout engine's programs for one GRPO sampler call (what `engine.generate_paged` runs):
+def _plan_sample(config, call: SamplerCall, model_cfg, params, mesh, log) -> list[ProgramPlan]:
+  """The rollout engine's programs for one sampler call (what `engine.generate_paged` runs):
   the admission (prefill of the call's prompts into the pool) and one decode chunk, at the
   engine's slots and the layout it picks for the call. The pool and the slots' state are
-  arguments of both (donated), so each program's peak holds the whole KV pool."""
+  arguments of both (donated), so each program's peak holds the whole KV pool. Resident beside
+  them: what the stage holds (`call.holds`), and (module docstring) the decode copy of the
+  params beside the prefill, the params sampled with beside the decode chunk."""
   g = config.grpo
-  sampling = grpo_stage.rollout_sampling(g)
-  prompts = grpo_stage.call_prompts(g)
+  sampling, prompts = call.sampling, call.prompts
   rows, longest = prompts * sampling.n, int(g.max_prompt_tokens)
+  tag = "sample" if call.stage == "grpo" else f"sample[{call.stage}]"
   eng = rollout_engine.engine_for(model_cfg, sampling, rows, longest, pad_id=0, eos_id=1,
                                   mesh=mesh)
   geo = eng.geometry(rows)
@@ -368,19 +501,22 @@ def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[Program
               arg((a, cols), jnp.int32, eng.row_sharding((a, cols))))
   flat = [arg((a * n,), jnp.int32) for _ in range(3)] + [arg((a * n, 2), jnp.uint32),
                                                          arg((a * n,), jnp.int32)]
-  plan_pre, _ = _measure("sample/prefill", a, width,
-                         lambda: admit.lower(params, *pools, slots, *row_args, *flat), resident,
-                         log)
   prepared = prep.lower(params).compile()
   dparams = _with_shardings(jax.eval_shape(prep, params), prepared.output_shardings)
+  # The prefill's params argument is the model's weights; the policy's beyond them (LoRA
+  # adapters) and the decode copy are resident, as are the params themselves beside the decode.
+  beyond = max(0, call.policy_bytes - per_device_bytes(params))
+  plan_pre, _ = _measure(f"{tag}/prefill", a, width,
+                         lambda: admit.lower(params, *pools, slots, *row_args, *flat),
+                         call.holds + beyond + per_device_bytes(dparams), log)
   table = arg((S, geo.max_pages), jnp.int32, eng.row_sharding((S, geo.max_pages)))
   e = rollout_engine.entries_capacity(S, geo) if geo.impl == "xla" else 1
   entries = paged.Entries(*(arg((e,), jnp.int32) for _ in range(3)))
-  plan_dec, _ = _measure("sample/decode", S, geo.max_pages * geo.page_size,
-                         lambda: chunk.lower(dparams, *pools, slots, table, entries), resident,
-                         log)
-  log(f"[plan]   sample: rollout engine, {S} slots, {geo.impl} layout, pool "
-      f"{geo.num_pages} pages x {geo.page_size} positions")
+  plan_dec, _ = _measure(f"{tag}/decode", S, geo.max_pages * geo.page_size,
+                         lambda: chunk.lower(dparams, *pools, slots, table, entries),
+                         call.holds + call.policy_bytes, log)
+  log(f"[plan]   {tag}: {call.stage}'s call of {prompts} x {sampling.n} rows, rollout engine, "
+      f"{S} slots, {geo.impl} layout, pool {geo.num_pages} pages x {geo.page_size} positions")
   return [plan_pre, plan_dec]
 
 
@@ -388,13 +524,14 @@ def _plan_sample(config, model_cfg, params, mesh, resident, log) -> list[Program
 def format_table(plans: Sequence[ProgramPlan], config, include_resident: bool = True) -> str:
   """One row per program: shape, per-device GiB, the budget and whether it fits."""
   budget = budget_bytes(config)
-  head = (f"{'program':<15} {'rows x tokens':>14} {'micro':>5} {'args':>8} {'temps':>8} "
+  w = max([15] + [len(p.name) for p in plans])
+  head = (f"{'program':<{w}} {'rows x tokens':>14} {'micro':>5} {'args':>8} {'temps':>8} "
           f"{'peak':>8} {'resident':>9} {'total':>8} {'budget':>8}  fits")
   lines = [head, "-" * len(head)]
   gib = lambda b: f"{b / GIB:8.2f}"
   for p in plans:
     ok = fits(p, budget, include_resident, memory_bytes(config))
-    lines.append(f"{p.name:<15} {f'{p.rows} x {p.tokens}':>14} {p.micro_batches:5d} "
+    lines.append(f"{p.name:<{w}} {f'{p.rows} x {p.tokens}':>14} {p.micro_batches:5d} "
                  f"{gib(p.argument_bytes)} "
                  f"{gib(p.temp_bytes)} {gib(p.peak_bytes)} {p.resident_bytes / GIB:9.2f} "
                  f"{gib(p.total_bytes)} {gib(budget)}  {'yes' if ok else 'NO'}")

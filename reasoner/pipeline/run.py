@@ -14,13 +14,14 @@ and that param_dtype come from the pipeline config onto every model loaded from 
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import jax
 from etils import epath
 from ml_collections import ConfigDict
 
 from reasoner import sharding
-from reasoner.checkpoint import load_model
+from reasoner.checkpoint import load_model, read_model_config
 from reasoner.io import (MetricsWriter, barrier, exists, is_writer, join, log, makedirs, read_json,
                          write_json)
 from reasoner.model.config import ModelConfig
@@ -85,14 +86,41 @@ def build_model_config(config: ConfigDict, tokenizer) -> ModelConfig:
   return model_cfg
 
 
+HF_IMPORT_DTYPE = "float32"  # `import_hf`'s default: a full fine-tune's weights from an HF folder
+
+
+def initial_weights_dtype(config: ConfigDict) -> Optional[str]:
+  """The dtype `_load_initial` reads M0's weights in; None = as stored. Under LoRA the weights
+  are a frozen base, read straight into config.model.param_dtype; a full fine-tune (lora_rank 0)
+  keeps a model directory's saved dtype and imports a Hugging Face folder in HF_IMPORT_DTYPE,
+  whatever config.model.param_dtype says."""
+  if config.model.get("lora_rank"):
+    return config.model.get("param_dtype")
+  return None
+
+
+def trained_weights_dtype(config: ConfigDict) -> str:
+  """The dtype the stages after M0 hold the model's weights in (the frozen base under LoRA, else
+  the trained weights), as the runner loads them: `initial_weights_dtype`, or for a full
+  fine-tune config.model.param_dtype when pre-training makes M0, a model directory's saved
+  param_dtype, or HF_IMPORT_DTYPE for a Hugging Face folder (or an init not given yet)."""
+  dtype = initial_weights_dtype(config)
+  if dtype:
+    return str(dtype)
+  if config.init == "pretrain":
+    return str(config.model.param_dtype)
+  if config.init and exists(join(config.init, "model_config.json")):
+    return read_model_config(config.init).param_dtype
+  return HF_IMPORT_DTYPE
+
+
 def _load_initial(config: ConfigDict, mesh, tokenizer):
   """M0 from a model directory or a Hugging Face folder, its vocab grown to fit `tokenizer`."""
   from reasoner.checkpoint import grow_vocab
   from reasoner.checkpoint.hf_io import import_hf
   from reasoner.tokenizer.base import padded_vocab_size
   path = config.init
-  # Under LoRA the weights are a frozen base, read straight into its storage dtype.
-  dtype = config.model.get("param_dtype") if config.model.get("lora_rank") else None
+  dtype = initial_weights_dtype(config)
   if exists(join(path, "model_config.json")):
     params, model_cfg, _, _ = load_model(path, dtype=dtype)
   else:

@@ -36,7 +36,7 @@ from reasoner.stages.context import StageContext
 from reasoner.stages.grpo import logprob_fn, row_width
 from reasoner.stages.loop import train_loop
 from reasoner.stages.models import load_stage_model, stage_model_config
-from reasoner.stages.rollouts import rollout_rows, sample_and_verify
+from reasoner.stages.rollouts import VERIFY_CHUNK, rollout_rows, sample_and_verify
 from reasoner.stages.supervised import run_supervised
 from reasoner.stages.trainable import init_stage_state, policy_params, stage_result, train_shardings
 from reasoner.train import make_eval_fn, make_optimizer, make_train_step
@@ -51,12 +51,14 @@ ON_POLICY_LOSSES = ("sampled", "full")
 
 
 def rejection_sample(ctx: StageContext, teacher_params, problems, n: int, temperature: float,
-                     max_new_tokens: int, rng: jax.Array, chunk: int = 64):
+                     max_new_tokens: int, rng: jax.Array, chunk: int = VERIFY_CHUNK,
+                     batch_rows: int = 0):
   """Returns (kept (prompt_ids, completion_ids) pairs, stats): the verified samples
-  (`sample_and_verify`), each distinct (problem, completion) once."""
+  (`sample_and_verify`, sampler calls of at most `batch_rows` rows), each distinct (problem,
+  completion) once."""
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n)
   kept, seen, total, correct = [], set(), 0, 0
-  for v in sample_and_verify(ctx, teacher_params, problems, sampling, rng, chunk):
+  for v in sample_and_verify(ctx, teacher_params, problems, sampling, rng, chunk, batch_rows):
     total += len(v.ok)
     for ids, text, ok in zip(v.completion_ids, v.texts, v.ok):
       correct += ok
@@ -114,7 +116,8 @@ def run_distill(ctx: StageContext, teacher_params, rng: jax.Array):
   problems = ctx.problems("train", distill_cfg.n_problems, "distill")
   kept, stats = rejection_sample(ctx, teacher_params, problems, distill_cfg.samples_per_problem,
                                  distill_cfg.temperature, distill_cfg.max_new_tokens,
-                                 jax.random.fold_in(rng, 0))
+                                 jax.random.fold_in(rng, 0),
+                                 batch_rows=int(distill_cfg.get("rollout_rows", 0)))
   log(f"[distill] rejection sampling: {stats['correct']}/{stats['sampled']} correct "
       f"({100 * stats['accept_rate']:.1f}%), {stats['kept_unique']} unique kept")
   if ctx.writer is not None:

@@ -26,7 +26,7 @@ from reasoner.sampling import SamplingConfig
 from reasoner.sharding import to_host
 from reasoner.stages.context import StageContext
 from reasoner.stages.loop import train_loop
-from reasoner.stages.rollouts import rollout_rows, sample_and_verify
+from reasoner.stages.rollouts import VERIFY_CHUNK, rollout_rows, sample_and_verify
 from reasoner.stages.sft import sft_examples
 from reasoner.stages.supervised import epoch_batches
 from reasoner.stages.trainable import init_stage_state, stage_result, train_shardings
@@ -36,11 +36,13 @@ from reasoner.io.log import log
 
 
 def sampled_pairs(ctx: StageContext, params, problems, n: int, temperature: float, max_new: int,
-                  rng: jax.Array, chunk: int = 64) -> list[tuple[list[int], list[int], list[int]]]:
-  """(prompt_ids, chosen_ids, rejected_ids) from the model's own samples, one per problem at most."""
+                  rng: jax.Array, chunk: int = VERIFY_CHUNK,
+                  batch_rows: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+  """(prompt_ids, chosen_ids, rejected_ids) from the model's own samples, one per problem at most
+  (`sample_and_verify`, sampler calls of at most `batch_rows` rows)."""
   sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, n=n)
   pairs = []
-  for v in sample_and_verify(ctx, params, problems, sampling, rng, chunk):
+  for v in sample_and_verify(ctx, params, problems, sampling, rng, chunk, batch_rows):
     good = [ids for ids, ok in zip(v.completion_ids, v.ok) if ok]
     bad = [ids for ids, ok in zip(v.completion_ids, v.ok) if not ok]
     if good and bad:
@@ -90,7 +92,7 @@ def held_out_pairs(ctx: StageContext, m3_params, rng: jax.Array):
   dpo_cfg = ctx.config.dpo
   problems = ctx.problems("test", dpo_cfg.n_problems, "dpo-heldout")
   return sampled_pairs(ctx, m3_params, problems, dpo_cfg.samples_per_problem, dpo_cfg.temperature,
-                       dpo_cfg.max_new_tokens, rng)
+                       dpo_cfg.max_new_tokens, rng, batch_rows=int(dpo_cfg.get("rollout_rows", 0)))
 
 
 def dpo_train_loss(dpo_cfg, model_cfg):
@@ -112,7 +114,8 @@ def run_dpo(ctx: StageContext, params, rng: jax.Array):
   else:
     problems = ctx.problems("train", dpo_cfg.n_problems, "dpo")
     pairs = sampled_pairs(ctx, params, problems, dpo_cfg.samples_per_problem, dpo_cfg.temperature,
-                          dpo_cfg.max_new_tokens, jax.random.fold_in(rng, 0))
+                          dpo_cfg.max_new_tokens, jax.random.fold_in(rng, 0),
+                          batch_rows=int(dpo_cfg.get("rollout_rows", 0)))
   if not pairs and ctx.config.data.preferences_path:
     raise ValueError(f"[dpo] no preference pairs in {ctx.config.data.preferences_path}")
   if not pairs:  # e.g. an R1-Zero run whose M3 never gets the format: nothing to prefer

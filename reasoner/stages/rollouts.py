@@ -32,17 +32,22 @@ class Verified:
   ok: list[bool]  # [n]
 
 
+VERIFY_CHUNK = 64  # problems per `sample_and_verify` chunk
+
+
 def sample_and_verify(ctx: StageContext, params, problems: Sequence[Problem],
-                      sampling: SamplingConfig, rng: jax.Array, chunk: int = 64) -> list[Verified]:
-  """`sampling.n` samples of every problem, `chunk` problems per sampler call (the call starting
-  at problem i keyed `fold_in(rng, i)`), each checked: a sample is ok when it stopped by itself
-  (not cut at max_new_tokens), its format reward is 1 and `is_correct` accepts it. Rejection
-  sampling and the DPO pairs keep or pair samples from this one list."""
+                      sampling: SamplingConfig, rng: jax.Array, chunk: int = VERIFY_CHUNK,
+                      batch_rows: int = 0) -> list[Verified]:
+  """`sampling.n` samples of every problem, `chunk` problems at a time (the chunk starting at
+  problem i keyed `fold_in(rng, i)`), each chunk in sampler calls of at most `batch_rows` rows
+  (`sample_rollouts`; 0 = the whole chunk in one call), each sample checked: it is ok when it
+  stopped by itself (not cut at max_new_tokens), its format reward is 1 and `is_correct` accepts
+  it. Rejection sampling and the DPO pairs keep or pair samples from this one list."""
   n, out = sampling.n, []
   for i in range(0, len(problems), chunk):
     batch = problems[i:i + chunk]
     prompts = [ctx.encode_prompt(p.prompt) for p in batch]
-    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, i))
+    ro = ctx.sample(params, prompts, sampling, jax.random.fold_in(rng, i), batch_rows=batch_rows)
     for j, problem in enumerate(batch):
       rows = range(j * n, (j + 1) * n)
       out.append(Verified(problem, prompts[j], [ro.completion_ids[r] for r in rows],
@@ -50,6 +55,12 @@ def sample_and_verify(ctx: StageContext, params, problems: Sequence[Problem],
                           [bool(ro.done[r]) and format_reward(ro.texts[r]) == 1.0
                            and is_correct(problem, ro.texts[r]) for r in rows]))
   return out
+
+
+def verify_call_prompts(n_problems: int, samples: int, batch_rows: int) -> int:
+  """The most prompts one sampler call of `sample_and_verify` holds (what `launch.plan` plans)."""
+  prompts = min(VERIFY_CHUNK, max(1, int(n_problems)))
+  return prompts if batch_rows <= 0 else min(prompts, max(1, int(batch_rows) // int(samples)))
 
 
 def rollout_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], seq_len: int,
