@@ -100,7 +100,10 @@ def logprob_gap(params, cfg, prompts, out):
 def test_logprobs_match_learner_recompute_float32(params, ecfg):
   out = engine(params, PROMPTS, temperature=1.0, n=2, top_p=0.9, ecfg=ecfg)[0]
   worst, mean = logprob_gap(params, CFG, PROMPTS, out)
-  assert worst <= 1e-5, (worst, mean)
+  # float32 rounding of two code paths (paged decode vs the learner's full forward): at most
+  # 1.0e-5 on one x86 CPU, 1.4e-5 on another (AMD EPYC; XLA:CPU's code differs by CPU); a bug
+  # in the sampled tokens' positions or masks shows as gaps of 0.1 and more.
+  assert worst <= 3e-5 and mean <= 3e-6, (worst, mean)
 
 
 def test_layouts_give_the_same_samples_and_auto_picks_dense_for_one_wave(params):

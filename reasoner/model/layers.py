@@ -74,11 +74,10 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(d)
   scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1)
-  sees = jnp.any(mask, axis=-1)[:, None, None, :, None]  # [b, 1, 1, t, 1]
-  probs = jnp.where(sees, probs, 0.0).astype(v.dtype)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h, d)
+  sees = jnp.any(mask, axis=-1)[:, :, None, None, None]  # [b, t, 1, 1, 1]
+  return jnp.where(sees, out, 0).reshape(b, t, h, d)
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
